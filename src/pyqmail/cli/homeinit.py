@@ -1,0 +1,101 @@
+"""pyqmail init and adduser: make a working home, never overwrite one."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+
+from pyqmail.config import Home
+from pyqmail.formats.assign import format_assign_line, parse_assign
+from pyqmail.layout import make_queue
+
+DEFAULT_TCPRULES = (
+    "# first matching line wins (tcprules format)\n"
+    '127.:allow,RELAYCLIENT=""\n'
+    '::1:allow,RELAYCLIENT=""\n'
+    ":allow\n"
+)
+
+
+def _write_new(path: str, text: str, mode: int = 0o644) -> bool:
+    """Create path with text unless it exists. True if written."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    return True
+
+
+def make_maildir(path: str) -> None:
+    for sub in ("", "tmp", "new", "cur"):
+        os.makedirs(os.path.join(path, sub), mode=0o700, exist_ok=True)
+
+
+def mailbox_home(home: Home, name: str) -> str:
+    return os.path.join(home.root, "mailboxes", name)
+
+
+def init_home(home: Home, me: str) -> list[str]:
+    """Create what is missing; returns the files written."""
+    written: list[str] = []
+    for sub in ("control", "users", "alias", "mailboxes", "log"):
+        os.makedirs(os.path.join(home.root, sub), mode=0o755, exist_ok=True)
+    os.chmod(os.path.join(home.root, "alias"), 0o755)
+    make_queue(home)
+    controls = {
+        "me": f"{me}\n",
+        "locals": f"{me}\n",
+        "rcpthosts": f"{me}\n",
+        "defaultdelivery": "./Maildir/\n",
+        "tcprules.smtp": DEFAULT_TCPRULES,
+    }
+    for name, text in controls.items():
+        if _write_new(home.control(name), text):
+            written.append(home.control(name))
+    for alias in ("root", "mailer-daemon"):
+        path = os.path.join(home.root, "alias", f".qmail-{alias}")
+        if _write_new(path, f"&postmaster@{me}\n"):
+            written.append(path)
+    make_maildir(os.path.join(home.root, "alias", "Maildir"))
+    if _write_new(home.assign, ".\n", 0o644):
+        written.append(home.assign)
+    with open(home.assign, encoding="utf-8") as fh:
+        known = parse_assign(fh.read(), path=home.assign)
+    if known.lookup("postmaster") is None:
+        add_user(home, "postmaster")
+    return written
+
+
+def add_user(home: Home, name: str) -> str:
+    """A virtual user: users/assign lines, a home under mailboxes/, a Maildir."""
+    if not name or any(c in name for c in ":/\n\0 ") or name.startswith(".") or name != name.lower():
+        raise ValueError(f"{name!r} is not a usable user name (lowercase, no ':', '/' or spaces)")
+    st = os.stat(home.root)
+    uhome = mailbox_home(home, name)
+    os.makedirs(uhome, mode=0o755, exist_ok=True)
+    make_maildir(os.path.join(uhome, "Maildir"))
+    _write_new(os.path.join(uhome, ".qmail"), "./Maildir/\n", 0o644)
+    # user-anything@ lands in the same Maildir, as plus-addressing users expect
+    _write_new(os.path.join(uhome, ".qmail-default"), "./Maildir/\n", 0o644)
+    with open(home.assign, "r+", encoding="utf-8") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        text = fh.read()
+        assign = parse_assign(text, path=home.assign)
+        if name in assign.exact:
+            raise ValueError(f"{name} already exists in {home.assign}")
+        lines = [ln for ln in text.split("\n") if ln and ln != "."]
+        lines.append(format_assign_line("=", name, name, st.st_uid, st.st_gid, uhome, "", ""))
+        lines.append(format_assign_line("+", f"{name}-", name, st.st_uid, st.st_gid, uhome, "-", ""))
+        new_text = "\n".join(lines) + "\n.\n"
+        parse_assign(new_text, path=home.assign)
+        tmp = home.assign + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as out:
+            out.write(new_text)
+            out.flush()
+            os.fsync(out.fileno())
+        os.rename(tmp, home.assign)
+    return uhome

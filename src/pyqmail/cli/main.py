@@ -1,0 +1,138 @@
+"""pyqmail: the front command (init, start, adduser, check)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from pyqmail.config import Home, RemoteConfig, SendConfig, SmtpdConfig, read_control
+from pyqmail.formats.assign import parse_assign
+from pyqmail.formats.control import ControlError, check_int
+from pyqmail.formats.tcprules import parse_rules
+from pyqmail.layout import queue_ok
+
+INT_CONTROLS = {
+    "databytes": (0, 1 << 40),
+    "timeoutsmtpd": (0, 86400 * 7),
+    "timeoutconnect": (0, 86400),
+    "timeoutremote": (0, 86400 * 7),
+    "concurrencylocal": (0, 120),
+    "concurrencyremote": (0, 120),
+    "queuelifetime": (0, 86400 * 365),
+    "remotebatch": (1, 1000),
+}
+UNIMPLEMENTED_LISTENERS = ("submission", "qmtp", "qmqp", "pop3")
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from pyqmail.cli.homeinit import init_home
+
+    home = Home.from_env(args.home)
+    me = args.me or "localhost"
+    for path in init_home(home, me):
+        print(f"wrote {path}")
+    print(f"home ready at {home.root}")
+    return 0
+
+
+def cmd_adduser(args: argparse.Namespace) -> int:
+    from pyqmail.cli.homeinit import add_user
+
+    home = Home.from_env(args.home)
+    try:
+        uhome = add_user(home, args.name)
+    except (ValueError, ControlError, OSError) as exc:
+        print(f"pyqmail adduser: {exc}", file=sys.stderr)
+        return 100
+    print(f"added {args.name} with Maildir {os.path.join(uhome, 'Maildir')}")
+    return 0
+
+
+def check_home(home: Home) -> list[str]:
+    """Every problem pyqmail can see in a home, each naming file and line."""
+    problems: list[str] = []
+    missing = queue_ok(home)
+    if missing:
+        problems.append(missing)
+    if read_control(home, "me") is None:
+        problems.append(f"{home.control('me')}:0: missing (every program needs it)")
+    for name, (lo, hi) in INT_CONTROLS.items():
+        text = read_control(home, name)
+        if text is not None:
+            try:
+                check_int(text, path=home.control(name), lo=lo, hi=hi)
+            except ControlError as exc:
+                problems.append(str(exc))
+    for name in ("tcprules.smtp",):
+        text = read_control(home, name)
+        if text is not None:
+            try:
+                parse_rules(text, path=home.control(name))
+            except ControlError as exc:
+                problems.append(str(exc))
+    try:
+        with open(home.assign, encoding="utf-8", errors="surrogateescape") as fh:
+            parse_assign(fh.read(), path=home.assign)
+    except FileNotFoundError:
+        pass
+    except ControlError as exc:
+        problems.append(str(exc))
+    for loader in (SendConfig.load, SmtpdConfig.load, RemoteConfig.load):
+        try:
+            loader(home)
+        except (ControlError, OSError, ValueError) as exc:
+            problems.append(str(exc))
+    return problems
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    home = Home.from_env(args.home)
+    problems = check_home(home)
+    for p in problems:
+        print(p)
+    if not problems:
+        print(f"{home.root}: ok")
+    return 1 if problems else 0
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    from pyqmail.start.supervisor import Supervisor, parse_listen
+
+    home = Home.from_env(args.home)
+    smtp = [] if args.smtp == "off" else [parse_listen(v, 25) for v in args.smtp.split(",")]
+    for name in UNIMPLEMENTED_LISTENERS:
+        if getattr(args, name) != "off":
+            print(f"pyqmail start: the {name} listener is not available yet; "
+                  f"--{name} {getattr(args, name)} ignored", file=sys.stderr)
+    return Supervisor(home, [s for s in smtp if s is not None]).run()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="pyqmail")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("init", help="create a home with working defaults")
+    p.add_argument("--home")
+    p.add_argument("--me", help="this host's name (default localhost)")
+    p.set_defaults(func=cmd_init)
+    p = sub.add_parser("adduser", help="add a virtual user with a Maildir")
+    p.add_argument("name")
+    p.add_argument("--home")
+    p.set_defaults(func=cmd_adduser)
+    p = sub.add_parser("check", help="validate every control file")
+    p.add_argument("--home")
+    p.set_defaults(func=cmd_check)
+    p = sub.add_parser("start", help="run the MTA in the foreground")
+    p.add_argument("--home")
+    p.add_argument("--smtp", default="127.0.0.1:2525")
+    p.add_argument("--submission", default="off")
+    p.add_argument("--qmtp", default="off")
+    p.add_argument("--qmqp", default="off")
+    p.add_argument("--pop3", default="off")
+    p.set_defaults(func=cmd_start)
+    args = ap.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

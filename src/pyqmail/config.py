@@ -1,0 +1,175 @@
+"""control/ -> one frozen dataclass per component.
+
+Every component reads its settings here and nowhere else. A control file
+that exists but cannot be read is an error (qmail-files §2); a missing one
+gives qmail's default.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from pyqmail.formats import control
+
+SPLIT = 23  # conf-split: subdirectories of mess/, info/, local/, remote/
+DEFAULT_HOME = "/var/qmail"
+
+
+@dataclass(frozen=True, slots=True)
+class Home:
+    """Paths inside a qmail home directory."""
+
+    root: str
+
+    @classmethod
+    def from_env(cls, home: str | None = None) -> Home:
+        return cls(os.path.abspath(home or os.environ.get("QMAILHOME") or DEFAULT_HOME))
+
+    def control(self, name: str) -> str:
+        return os.path.join(self.root, "control", name)
+
+    @property
+    def queue(self) -> str:
+        return os.path.join(self.root, "queue")
+
+    def q(self, *parts: str) -> str:
+        return os.path.join(self.root, "queue", *parts)
+
+    def split_path(self, kind: str, msg_id: int) -> str:
+        return os.path.join(self.root, "queue", kind, str(msg_id % SPLIT), str(msg_id))
+
+    @property
+    def writer_socket(self) -> str:
+        return self.q("lock", "queue.sock")
+
+    @property
+    def trigger(self) -> str:
+        return self.q("lock", "trigger")
+
+    def socket(self, component: str) -> str:
+        return self.q("lock", f"{component}.sock")
+
+    @property
+    def assign(self) -> str:
+        return os.path.join(self.root, "users", "assign")
+
+
+def read_control(home: Home, name: str) -> str | None:
+    """The file's text, or None when it does not exist (any other error raises)."""
+    try:
+        with open(home.control(name), encoding="utf-8", errors="surrogateescape") as fh:
+            return fh.read(1 << 22)
+    except FileNotFoundError:
+        return None
+
+
+def _me(home: Home) -> str | None:
+    return control.parse_line(read_control(home, "me"), None)
+
+
+def _line_or_me(home: Home, name: str, fallback: str) -> str:
+    value = control.parse_line(read_control(home, name), None)
+    if value:
+        return value
+    return _me(home) or fallback
+
+
+@dataclass(frozen=True, slots=True)
+class SmtpdConfig:
+    me: str
+    greeting: str
+    rcpthosts: frozenset[str] | None  # None: no file, no relay control (qmail)
+    databytes: int
+    timeout: int
+    localiphost: str
+    badmailfrom: frozenset[str]
+
+    @classmethod
+    def load(cls, home: Home) -> SmtpdConfig:
+        me = _me(home) or ""
+        rcpt_text = read_control(home, "rcpthosts")
+        rcpthosts = (
+            None
+            if rcpt_text is None
+            else frozenset(h.lower() for h in control.parse_list(rcpt_text))
+        )
+        return cls(
+            me=me,
+            greeting=control.parse_line(read_control(home, "smtpgreeting"), None) or me,
+            rcpthosts=rcpthosts,
+            databytes=control.parse_int(read_control(home, "databytes"), 0),
+            timeout=max(1, control.parse_int(read_control(home, "timeoutsmtpd"), 1200)),
+            localiphost=_line_or_me(home, "localiphost", "localiphost"),
+            badmailfrom=frozenset(
+                b.lower() for b in control.parse_list(read_control(home, "badmailfrom"))
+            ),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SendConfig:
+    me: str
+    locals: frozenset[str]
+    percenthack: frozenset[str]
+    virtualdomains: dict[str, str]
+    envnoathost: str
+    bouncefrom: str
+    bouncehost: str
+    doublebounceto: str
+    doublebouncehost: str
+    concurrencylocal: int
+    concurrencyremote: int
+    queuelifetime: int
+    remote_batch: int = field(default=50)
+
+    @classmethod
+    def load(cls, home: Home) -> SendConfig:
+        me = _me(home)
+        locals_text = read_control(home, "locals")
+        if locals_text is None:
+            if not me:
+                raise control.ControlError(home.control("locals"), 0, "neither locals nor me")
+            locals_ = frozenset([me.lower()])
+        else:
+            locals_ = frozenset(x.lower() for x in control.parse_list(locals_text))
+        bouncefrom = control.parse_line(read_control(home, "bouncefrom"), None)
+        dbto = control.parse_line(read_control(home, "doublebounceto"), None)
+        return cls(
+            me=me or "",
+            locals=locals_,
+            percenthack=frozenset(
+                x.lower() for x in control.parse_list(read_control(home, "percenthack"))
+            ),
+            virtualdomains=control.parse_colon_map(read_control(home, "virtualdomains")),
+            envnoathost=_line_or_me(home, "envnoathost", "envnoathost"),
+            bouncefrom=bouncefrom or "MAILER-DAEMON",
+            bouncehost=_line_or_me(home, "bouncehost", "bouncehost"),
+            doublebounceto=dbto or "postmaster",
+            doublebouncehost=_line_or_me(home, "doublebouncehost", "doublebouncehost"),
+            concurrencylocal=min(120, control.parse_int(read_control(home, "concurrencylocal"), 10)),
+            concurrencyremote=min(
+                120, control.parse_int(read_control(home, "concurrencyremote"), 20)
+            ),
+            queuelifetime=control.parse_int(read_control(home, "queuelifetime"), 604800),
+            remote_batch=max(1, control.parse_int(read_control(home, "remotebatch"), 50)),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteConfig:
+    helohost: str
+    smtproutes: dict[str, str]
+    timeoutconnect: int
+    timeoutremote: int
+    resolvers: tuple[str, ...]
+
+    @classmethod
+    def load(cls, home: Home) -> RemoteConfig:
+        return cls(
+            helohost=_line_or_me(home, "helohost", ""),
+            smtproutes=control.parse_colon_map(read_control(home, "smtproutes")),
+            timeoutconnect=control.parse_int(read_control(home, "timeoutconnect"), 60),
+            timeoutremote=control.parse_int(read_control(home, "timeoutremote"), 1200),
+            resolvers=tuple(control.parse_list(read_control(home, "resolvers"))),
+        )

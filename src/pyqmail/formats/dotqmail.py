@@ -1,0 +1,66 @@
+"""The .qmail language: which file applies, and what each line means (qmail-files §5)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Comment:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Program:
+    command: str
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    address: str
+
+
+@dataclass(frozen=True, slots=True)
+class Maildir:
+    path: str
+
+
+@dataclass(frozen=True, slots=True)
+class Mbox:
+    path: str
+
+
+Instruction = Comment | Program | Forward | Maildir | Mbox
+
+
+def parse_line(raw: str) -> Instruction:
+    """One .qmail line (trailing blanks already ignored here)."""
+    line = raw.rstrip(" \t")
+    if not line or line.startswith("#") or line.startswith("+"):
+        return Comment()
+    first = line[0]
+    if first == "|":
+        return Program(line[1:])
+    if first in "./":
+        return Maildir(line) if line.endswith("/") else Mbox(line)
+    if first == "&":
+        return Forward(line[1:])
+    return Forward(line)
+
+
+def candidate_files(dash: str, ext: str) -> list[tuple[str, str | None]]:
+    """(.qmail file name, DEFAULT value) in qmail-local's search order.
+
+    safeext lowercases and maps ``.`` to ``:``; every prefix of safeext that is
+    empty or ends in ``-`` is tried with ``default``, longest first.
+    """
+    safe = ext.lower().replace(".", ":")
+    out: list[tuple[str, str | None]] = [(f".qmail{dash}{safe}", None)]
+    if not dash:
+        return out
+    for cut in range(len(safe), -1, -1):
+        if cut == 0 or safe[cut - 1] == "-":
+            name = f".qmail{dash}{safe[:cut]}default"
+            if name != out[0][0]:
+                out.append((name, ext[cut:]))
+    return out

@@ -1,0 +1,54 @@
+"""Netstrings: ``<decimal length>:<bytes>,`` (cr.yp.to/proto/netstrings.txt).
+
+Used on every pipe and socket between our own processes, and by QMTP/QMQP.
+"""
+
+from __future__ import annotations
+
+
+class NetstringError(ValueError):
+    """The bytes can never become a valid netstring."""
+
+
+def encode(payload: bytes) -> bytes:
+    return b"%d:%s," % (len(payload), payload)
+
+
+def decode_one(buf: bytes, *, limit: int) -> tuple[bytes, bytes] | None:
+    """Split one netstring off the front of buf: (payload, rest).
+
+    None while buf may still grow into a valid netstring; NetstringError as
+    soon as it cannot. The length is checked against limit before anything is
+    allocated; leading zeros are refused, as the spec says.
+    """
+    colon = buf.find(b":", 0, len(str(limit)) + 1)
+    digits = buf[: len(str(limit)) + 1] if colon < 0 else buf[:colon]
+    if (digits and not digits.isdigit()) or len(digits) > len(str(limit)):
+        raise NetstringError("bad length field")
+    if colon < 0:
+        return None
+    if not digits or (len(digits) > 1 and digits[:1] == b"0"):
+        raise NetstringError("bad length field")
+    size = int(digits)
+    if size > limit:
+        raise NetstringError(f"{size} bytes is over the limit of {limit}")
+    end = colon + 1 + size
+    if len(buf) <= end:
+        return None
+    if buf[end : end + 1] != b",":
+        raise NetstringError("missing comma")
+    return buf[colon + 1 : end], buf[end + 1 :]
+
+
+def decode_all(buf: bytes, *, limit: int, max_items: int) -> list[bytes]:
+    """Decode a buffer that must hold nothing but complete netstrings."""
+    items: list[bytes] = []
+    while buf:
+        if len(items) >= max_items:
+            raise NetstringError(f"more than {max_items} items")
+        got = decode_one(buf, limit=limit)
+        if got is None:
+            raise NetstringError("truncated netstring")
+        item, buf = got
+        items.append(item)
+    return items

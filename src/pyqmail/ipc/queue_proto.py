@@ -1,0 +1,106 @@
+"""The queue writer's socket protocol (client side, sync and async).
+
+Client -> writer, each a netstring:
+  1. header  ``QMQ1\\0<origin>``  origin: network | bounce | local
+  2. message bytes in chunks (each non-empty, at most CHUNK_LIMIT)
+  3. an empty netstring: end of message
+  4. the envelope in qmail-queue's fd-1 form (``F..\\0T..\\0\\0``)
+Writer -> client: one netstring ``K<id>`` (queued and fsynced), ``Z<text>``
+or ``D<text>``; then the writer closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from dataclasses import dataclass
+
+from pyqmail.formats import netstring
+from pyqmail.ipc.frames import MAX_FRAME_BYTES, read_frame
+
+MAGIC = b"QMQ1"
+CHUNK_LIMIT = 1 << 20
+ORIGINS = (b"network", b"bounce", b"local")
+
+
+@dataclass(frozen=True, slots=True)
+class QueueResult:
+    status: str  # "K", "Z" or "D"
+    text: str
+    msg_id: int = 0
+
+
+def parse_result(payload: bytes | None) -> QueueResult:
+    if not payload:
+        return QueueResult("Z", "qq crashed (#4.3.0)")
+    status, text = payload[:1].decode("latin-1"), payload[1:].decode("utf-8", "replace")
+    if status == "K":
+        return QueueResult("K", "ok", int(text) if text.isdigit() else 0)
+    if status in ("Z", "D"):
+        return QueueResult(status, text)
+    return QueueResult("Z", "qq internal bug (#4.3.0)")
+
+
+def _chunks(data: bytes) -> list[bytes]:
+    return [netstring.encode(data[i : i + CHUNK_LIMIT]) for i in range(0, len(data), CHUNK_LIMIT)]
+
+
+class AsyncSubmission:
+    """Stream one message to the writer from an asyncio program."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader = reader
+        self._writer = writer
+
+    @classmethod
+    async def open(cls, path: str, origin: bytes) -> AsyncSubmission:
+        reader, writer = await asyncio.open_unix_connection(path)
+        writer.write(netstring.encode(MAGIC + b"\0" + origin))
+        return cls(reader, writer)
+
+    async def write(self, data: bytes) -> None:
+        if data:
+            for piece in _chunks(data):
+                self._writer.write(piece)
+            await self._writer.drain()
+
+    async def finish(self, envelope_wire: bytes) -> QueueResult:
+        try:
+            self._writer.write(b"0:," + netstring.encode(envelope_wire))
+            await self._writer.drain()
+            return parse_result(await read_frame(self._reader, MAX_FRAME_BYTES))
+        except (OSError, asyncio.IncompleteReadError, netstring.NetstringError):
+            return QueueResult("Z", "qq crashed (#4.3.0)")
+        finally:
+            self.abort()
+
+    def abort(self) -> None:
+        self._writer.close()
+
+
+def submit_sync(path: str, origin: bytes, message: bytes, envelope_wire: bytes,
+                timeout: float = 600.0) -> QueueResult:
+    """Blocking one-shot submission (qmail-queue program, forwards, bounces)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        try:
+            sock.connect(path)
+        except (FileNotFoundError, ConnectionRefusedError):
+            return QueueResult("Z", "qq unable to reach the queue writer (#4.3.0)")
+        out = [netstring.encode(MAGIC + b"\0" + origin), *_chunks(message), b"0:,",
+               netstring.encode(envelope_wire)]
+        sock.sendall(b"".join(out))
+        buf = b""
+        while True:
+            got = netstring.decode_one(buf, limit=MAX_FRAME_BYTES)
+            if got is not None:
+                return parse_result(got[0])
+            data = sock.recv(4096)
+            if not data:
+                return parse_result(None)
+            buf += data
+    except (OSError, netstring.NetstringError):
+        return QueueResult("Z", "qq crashed (#4.3.0)")
+    finally:
+        sock.close()

@@ -1,0 +1,334 @@
+"""qmail-local: carry out one recipient's .qmail instructions.
+
+Runs as: the recipient's uid (forked from lspawn, privileges already dropped).
+Reads:   the queued message (fd), the user's home and .qmail files.
+Writes:  the user's Maildirs and mboxes; runs the user's programs; forwards
+         through the queue writer.
+Trusts:  the .qmail files only as far as qmail does (see the safety checks).
+Result:  (exit code, report) with qmail-local's codes: 0, 100, 111.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import socket
+import stat
+import subprocess
+import time
+from dataclasses import dataclass
+
+from pyqmail.config import Home
+from pyqmail.formats import dotqmail
+from pyqmail.formats import envelope as env_fmt
+from pyqmail.formats.assign import UserMatch
+from pyqmail.formats.dates import mbox_date
+from pyqmail.formats.maildir import safe_host, unique_of
+from pyqmail.ipc.queue_proto import submit_sync
+from pyqmail.unix import durable
+
+EXIT_OK, EXIT_PERM, EXIT_TEMP = 0, 100, 111
+PERM_PROGRAM_CODES = {64, 65, 70, 76, 77, 78, 100, 112}
+MAX_DOTQMAIL_BYTES = 1 << 20
+HEADER_SCAN_BYTES = 1 << 20
+MBOX_LOCK_WAIT_S = 30
+
+
+class Failure(Exception):
+    def __init__(self, code: int, text: str) -> None:
+        super().__init__(text)
+        self.code = code
+        self.text = text
+
+
+def temp(text: str) -> Failure:
+    return Failure(EXIT_TEMP, text)
+
+
+def perm(text: str) -> Failure:
+    return Failure(EXIT_PERM, text)
+
+
+@dataclass(frozen=True, slots=True)
+class LocalJob:
+    message_path: str
+    sender: bytes
+    recipient: bytes
+    key: str  # deterministic Maildir unique part, from send
+    retry: bool  # an earlier attempt may have delivered already
+
+
+@dataclass(slots=True)
+class Outcome:
+    files: int = 0
+    forwards: int = 0
+    programs: int = 0
+
+
+def _quote_local(local: bytes) -> bytes:
+    if not local or any(c in local for c in b' "\\()<>,;:@[]') or local.startswith(b"."):
+        return b'"' + local.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+    return local
+
+
+def rpline(sender: bytes) -> bytes:
+    local, at, dom = sender.rpartition(b"@")
+    if not at:
+        return b"Return-Path: <" + sender + b">\n"
+    return b"Return-Path: <" + _quote_local(local) + b"@" + dom + b">\n"
+
+
+def dtline(recipient: bytes) -> bytes:
+    return b"Delivered-To: " + recipient.replace(b"\n", b"_") + b"\n"
+
+
+def ufline(sender: bytes, now: float) -> bytes:
+    s = sender or b"MAILER-DAEMON"
+    s = s.replace(b" ", b"-").replace(b"\t", b"-").replace(b"\n", b"-")
+    return b"From " + s + b" " + mbox_date(now).encode() + b"\n"
+
+
+def header_has_line(msg: bytes, line: bytes) -> bool:
+    """Delivered-To loop check: exact, case-sensitive line match in the header."""
+    end = msg.find(b"\n\n", 0, HEADER_SCAN_BYTES)
+    head = msg[: end + 1] if end >= 0 else msg[:HEADER_SCAN_BYTES]
+    return line in head.splitlines(keepends=True) or head.startswith(line)
+
+
+class Delivery:
+    def __init__(self, home: Home, job: LocalJob, user: UserMatch, aliasempty: str) -> None:
+        self.home = home
+        self.job = job
+        self.user = user
+        self.aliasempty = aliasempty
+        self.out = Outcome()
+        self.host = socket.gethostname()
+        local, _, domain = job.recipient.rpartition(b"@")
+        self.local, self.domain = local, domain
+        self.dt = dtline(job.recipient)
+        self.rp = rpline(job.sender)
+        self._msg: bytes | None = None
+
+    @property
+    def message(self) -> bytes:
+        if self._msg is None:
+            with open(self.job.message_path, "rb") as fh:
+                self._msg = fh.read()
+        return self._msg
+
+    # -- which .qmail -------------------------------------------------------
+    def find_dotqmail(self) -> tuple[list[str], str | None, bool]:
+        """(lines, DEFAULT value, forward_only) for this recipient."""
+        u = self.user
+        try:
+            st = os.stat(u.home)
+        except OSError as exc:
+            raise temp(f"Unable to switch to {u.home}: {exc.strerror}. (#4.3.0)") from exc
+        if st.st_mode & stat.S_IWOTH:
+            raise temp("Uh-oh: home directory is writable. (#4.7.0)")
+        if st.st_mode & stat.S_ISVTX:
+            raise temp("Home directory is sticky: user is editing his .qmail file. (#4.2.1)")
+        for name, default in dotqmail.candidate_files(u.dash, u.ext):
+            path = os.path.join(u.home, name)
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except OSError as exc:
+                if exc.errno in (errno.EACCES, errno.EPERM, errno.EIO, errno.EAGAIN):
+                    raise temp(f"Unable to open {name}: {exc.strerror}. (#4.2.1)") from exc
+                continue
+            try:
+                fst = os.fstat(fd)
+                if not stat.S_ISREG(fst.st_mode):
+                    continue
+                if fst.st_mode & stat.S_IWOTH:
+                    raise temp("Uh-oh: .qmail file is writable. (#4.7.0)")
+                data = os.read(fd, MAX_DOTQMAIL_BYTES)
+            finally:
+                os.close(fd)
+            text = data.decode("utf-8", "surrogateescape")
+            if not text.strip():
+                return [self.aliasempty], default, False
+            lines = text.split("\n")
+            if lines and lines[-1] == "":
+                lines.pop()
+            if not lines[0].strip(" \t"):
+                raise temp("Uh-oh: first line of .qmail file is blank. (#4.2.1)")
+            forward_only = bool(fst.st_mode & stat.S_IXUSR) or "+list" in lines
+            return lines, default, forward_only
+        if u.dash:
+            raise perm("Sorry, no mailbox here by that name. (#5.1.1)")
+        return [self.aliasempty], None, False
+
+    # -- the instructions ------------------------------------------------------
+    def run(self) -> str:
+        if header_has_line(self.message, self.dt):
+            raise perm("This message is looping: it already has my Delivered-To line. (#5.4.6)")
+        lines, default, forward_only = self.find_dotqmail()
+        forwards: list[bytes] = []
+        for raw in lines:
+            ins = dotqmail.parse_line(raw)
+            if isinstance(ins, dotqmail.Comment):
+                continue
+            if isinstance(ins, dotqmail.Forward):
+                forwards.append(ins.address.encode("utf-8", "surrogateescape"))
+                continue
+            if forward_only:
+                raise temp("Uh-oh: .qmail has file delivery but has x bit set. (#4.7.0)")
+            if isinstance(ins, dotqmail.Maildir):
+                self.maildir(ins.path)
+            elif isinstance(ins, dotqmail.Mbox):
+                self.mbox(ins.path)
+            elif isinstance(ins, dotqmail.Program):
+                if self.program(ins.command, default):
+                    break  # exit 99: stop here, keep earlier forwards
+        report = ""
+        if forwards:
+            report = self.forward(forwards)
+        return f"did {self.out.files}+{self.out.forwards}+{self.out.programs}\n{report}"
+
+    def _path(self, rel: str) -> str:
+        return os.path.join(self.user.home, rel)
+
+    def maildir(self, rel: str) -> None:
+        base = self._path(rel)
+        name = f"{self.job.key}.{safe_host(self.host)}"
+        new = os.path.join(base, "new", name)
+        if self.job.retry and self._already_in_maildir(base, name):
+            self.out.files += 1
+            return
+        tmp = os.path.join(base, "tmp", f"{name}.{os.getpid()}")
+        try:
+            durable.unlink_quiet(tmp)
+            fd = durable.create_exclusive(tmp, 0o600)
+        except OSError as exc:
+            raise temp(f"Unable to open tmp file in {rel}: {exc.strerror}. (#4.2.1)") from exc
+        try:
+            try:
+                durable.write_all(fd, self.rp + self.dt + self.message)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            try:
+                os.link(tmp, new)
+            except FileExistsError:
+                pass  # an earlier attempt got here first: that copy is the delivery
+            durable.fsync_dir(os.path.join(base, "new"))
+        except OSError as exc:
+            raise temp(f"Unable to write to {rel}: {exc.strerror}. (#4.3.0)") from exc
+        finally:
+            durable.unlink_quiet(tmp)
+        self.out.files += 1
+
+    @staticmethod
+    def _already_in_maildir(base: str, name: str) -> bool:
+        if os.path.exists(os.path.join(base, "new", name)):
+            return True
+        try:
+            with os.scandir(os.path.join(base, "cur")) as it:
+                return any(unique_of(e.name) == name for e in it)
+        except OSError:
+            return False
+
+    def mbox(self, rel: str) -> None:
+        path = self._path(rel)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise temp(f"Unable to open {rel}: {exc.strerror}. (#4.2.1)") from exc
+        try:
+            deadline = time.monotonic() + MBOX_LOCK_WAIT_S
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise temp("File has been locked for 30 seconds straight. (#4.3.0)")
+                    time.sleep(0.1)
+            start = os.lseek(fd, 0, os.SEEK_END)
+            body = b"".join(
+                b">" + ln if ln.lstrip(b">").startswith(b"From ") else ln
+                for ln in self.message.splitlines(keepends=True)
+            )
+            tail = b"\n" if body.endswith(b"\n") else b"\n\n"
+            try:
+                durable.write_all(fd, ufline(self.job.sender, time.time()) + self.rp + self.dt
+                                  + body + tail)
+                os.fsync(fd)
+            except OSError as exc:
+                os.ftruncate(fd, start)
+                raise temp(f"Unable to write {rel}: {exc.strerror}. (#4.3.0)") from exc
+        finally:
+            os.close(fd)
+        self.out.files += 1
+
+    def program_env(self, default: str | None) -> dict[str, str]:
+        def s(b: bytes) -> str:
+            return b.decode("utf-8", "surrogateescape")
+
+        u = self.user
+        host = s(self.domain)
+        parts = host.split(".")
+        ext = u.ext
+        ext_parts = ext.split("-")
+        env = dict(os.environ)
+        env.update(
+            SENDER=s(self.job.sender), NEWSENDER=s(self.job.sender),
+            RECIPIENT=s(self.job.recipient), USER=u.user, HOME=u.home, HOST=host,
+            HOST2=".".join(parts[:-1]) or parts[0], HOST3=".".join(parts[:-2]) or parts[0],
+            HOST4=".".join(parts[:-3]) or parts[0], LOCAL=s(self.local), EXT=ext,
+            EXT2="-".join(ext_parts[1:]), EXT3="-".join(ext_parts[2:]),
+            EXT4="-".join(ext_parts[3:]), DTLINE=s(self.dt), RPLINE=s(self.rp),
+            UFLINE=s(ufline(self.job.sender, time.time())),
+        )
+        if default is not None:
+            env["DEFAULT"] = default
+        return env
+
+    def program(self, command: str, default: str | None) -> bool:
+        """Run ``sh -c``; True when it exits 99 (stop processing this .qmail)."""
+        with open(self.job.message_path, "rb") as stdin:
+            try:
+                proc = subprocess.run(
+                    ["/bin/sh", "-c", command], stdin=stdin, capture_output=True,
+                    cwd=self.user.home, env=self.program_env(default), timeout=24 * 3600,
+                    check=False,
+                )
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                raise temp(f"Unable to run program: {exc}. (#4.3.0)") from exc
+        self.out.programs += 1
+        output = (proc.stdout + proc.stderr).decode("utf-8", "replace")[:3000]
+        code = proc.returncode
+        if code in (0, 99):
+            return code == 99
+        if code in PERM_PROGRAM_CODES:
+            raise perm(output or f"Program exited {code}. (#5.2.0)")
+        raise temp(output or f"Program exited {code}. (#4.3.0)")
+
+    def forward(self, addresses: list[bytes]) -> str:
+        wire = env_fmt.format_wire(env_fmt.Envelope(self.job.sender, tuple(addresses)))
+        res = submit_sync(self.home.writer_socket, b"local", self.dt + self.message, wire)
+        if res.status == "D":
+            raise perm(res.text)
+        if res.status != "K":
+            raise temp(res.text)
+        self.out.forwards += len(addresses)
+        return f"qp {res.msg_id}\n"
+
+
+def deliver(home: Home, job: LocalJob, user: UserMatch, aliasempty: str) -> tuple[int, str]:
+    try:
+        report = Delivery(home, job, user, aliasempty).run()
+    except Failure as f:
+        return f.code, f.text
+    except OSError as exc:
+        return EXIT_TEMP, f"Local delivery trouble: {exc}. (#4.3.0)"
+    return EXIT_OK, report
+
+
+def first_line(text: str) -> str:
+    with contextlib.suppress(IndexError):
+        return text.splitlines()[0]
+    return text

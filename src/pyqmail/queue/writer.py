@@ -1,0 +1,278 @@
+"""qmail-queue as a daemon: the only program that adds messages to queue/.
+
+Runs as: qmailq (the invoking user in embedded mode).
+Reads:   its Unix socket (queue/lock/queue.sock); nothing from the network.
+Writes:  queue/mess/S/N, queue/intd/N, queue/todo/N; pulls lock/trigger.
+Trusts:  no client. Frames are length-bounded, the envelope is parsed
+         strictly, the origin a client claims is believed only from a peer
+         uid allowed to claim it (SO_PEERCRED).
+
+Theory of operation (qmail-files §6.3, with group commit):
+  1. mess/S/N is created O_EXCL and gets the Received line and the message
+     as it streams in.
+  2. The envelope goes to intd/N.
+  3. The commit thread takes every message that reached this point, fsyncs
+     their mess and intd files, fsyncs the directories, renames each
+     intd/N to todo/N and fsyncs todo/. Only then is any client answered K.
+     The rename is the commit point: a crash before it leaves S2/S3 debris
+     that start-up removes; after it, the message is queued.
+  4. One byte down lock/trigger wakes send.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import time
+from dataclasses import dataclass, field
+
+from pyqmail.config import SPLIT, Home
+from pyqmail.formats import envelope as env_fmt
+from pyqmail.formats import netstring
+from pyqmail.formats.dates import date822
+from pyqmail.ipc.frames import read_frame
+from pyqmail.ipc.queue_proto import CHUNK_LIMIT, MAGIC, ORIGINS
+from pyqmail.unix import durable
+from pyqmail.unix.logfmt import log
+
+MAX_MESSAGE_BYTES = 1 << 31
+ENVELOPE_LIMIT = 64 << 20
+CLIENT_TIMEOUT_S = 24 * 3600  # qmail-queue's suicide alarm
+
+
+class QueueFailure(Exception):
+    def __init__(self, status: str, text: str) -> None:
+        super().__init__(text)
+        self.status = status
+        self.text = text
+
+
+@dataclass(slots=True)
+class Pending:
+    msg_id: int
+    mess_fd: int
+    intd_fd: int
+    done: asyncio.Future[None] = field(repr=False)
+
+
+class QueueWriter:
+    def __init__(self, home: Home) -> None:
+        self.home = home
+        self.my_uid = os.geteuid()
+        self._next_id = 0
+        self._pending: list[Pending] = []
+        self._committing = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    # -- start-up -------------------------------------------------------
+    def recover(self) -> None:
+        """Remove debris of a crashed writer (S2/S3) and pick the next id."""
+        todo = {int(n) for n in os.listdir(self.home.q("todo")) if n.isdigit()}
+        highest = max(todo, default=0)
+        for name in os.listdir(self.home.q("intd")):
+            if name.isdigit() and int(name) not in todo:
+                durable.unlink_quiet(self.home.q("intd", name))
+        removed = 0
+        for sub in range(SPLIT):
+            info = set(os.listdir(self.home.q("info", str(sub))))
+            for name in os.listdir(self.home.q("mess", str(sub))):
+                if not name.isdigit():
+                    continue
+                n = int(name)
+                highest = max(highest, n)
+                if n not in todo and name not in info:
+                    durable.unlink_quiet(self.home.q("mess", str(sub), name))
+                    removed += 1
+        if removed:
+            log(f"warning: removed {removed} half-written message(s) left by a crash")
+        self._next_id = max(highest + 1, int(time.time() * 1000))
+
+    def _alloc(self) -> tuple[int, int]:
+        while True:
+            msg_id = max(self._next_id, int(time.time() * 1000))
+            self._next_id = msg_id + 1
+            try:
+                fd = durable.create_exclusive(self.home.split_path("mess", msg_id), 0o640)
+            except FileExistsError:
+                continue
+            return msg_id, fd
+
+    # -- one client -----------------------------------------------------
+    def _origin_text(self, origin: bytes, uid: int) -> str:
+        trusted = uid == self.my_uid or uid == 0
+        if origin == b"network" and trusted:
+            return "invoked from network"
+        if origin == b"bounce" and trusted:
+            return "invoked for bounce"
+        return f"invoked by uid {uid}"
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        sock = writer.get_extra_info("socket")
+        uid, pid = -1, 0
+        if sock is not None:
+            from pyqmail.ipc.frames import peer_uid_pid
+
+            uid, pid = peer_uid_pid(sock)
+        try:
+            async with asyncio.timeout(CLIENT_TIMEOUT_S):
+                reply = await self._receive(reader, uid, pid)
+        except QueueFailure as exc:
+            reply = exc.status.encode() + exc.text.encode()
+        except (TimeoutError, asyncio.IncompleteReadError, OSError):
+            reply = b"Zqq read error (#4.3.0)"
+        except netstring.NetstringError:
+            reply = b"Zqq read error (#4.3.0)"
+        with contextlib.suppress(OSError):
+            writer.write(netstring.encode(reply))
+            await writer.drain()
+            writer.close()
+
+    async def _receive(self, reader: asyncio.StreamReader, uid: int, pid: int) -> bytes:
+        header = await read_frame(reader, 64)
+        if header is None or not header.startswith(MAGIC + b"\0"):
+            raise QueueFailure("Z", "qq internal bug (#4.3.0)")
+        origin = header[len(MAGIC) + 1 :]
+        if origin not in ORIGINS:
+            raise QueueFailure("Z", "qq internal bug (#4.3.0)")
+        msg_id, mess_fd = self._alloc()
+        intd_fd = -1
+        committed = False
+        try:
+            received = (
+                f"Received: (qmail {pid} {self._origin_text(origin, uid)}); "
+                f"{date822(time.time())}\n"
+            )
+            durable.write_all(mess_fd, received.encode())
+            size = 0
+            while True:
+                chunk = await read_frame(reader, CHUNK_LIMIT)
+                if chunk is None:
+                    raise QueueFailure("Z", "qq read error (#4.3.0)")
+                if not chunk:
+                    break
+                size += len(chunk)
+                if size > MAX_MESSAGE_BYTES:
+                    raise QueueFailure("D", "qq permanent problem (#5.3.0)")
+                durable.write_all(mess_fd, chunk)
+            wire = await read_frame(reader, ENVELOPE_LIMIT)
+            if wire is None:
+                raise QueueFailure("Z", "qq read error (#4.3.0)")
+            try:
+                env = env_fmt.parse_wire(wire)
+            except env_fmt.EnvelopeError as exc:
+                status = "D" if 11 <= exc.code <= 40 else "Z"
+                text = (
+                    "envelope address too long for qq (#5.1.3)"
+                    if exc.code == 11
+                    else "qq read error (#4.3.0)"
+                    if exc.code == 54
+                    else "qq internal bug (#4.3.0)"
+                )
+                raise QueueFailure(status, text) from exc
+            intd_fd = durable.create_exclusive(self.home.q("intd", str(msg_id)), 0o640)
+            todo = env_fmt.QueuedEnvelope(max(uid, 0), pid, env.sender, env.recipients)
+            durable.write_all(intd_fd, env_fmt.format_todo(todo))
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._pending.append(Pending(msg_id, mess_fd, intd_fd, done))
+            committed = True  # from here the commit thread owns the fds
+            if not self._committing:
+                self._committing = True
+                self._idle.clear()
+                asyncio.get_running_loop().create_task(self._commit_loop())
+            await done
+            return b"K%d" % msg_id
+        except OSError as exc:
+            raise QueueFailure("Z", "qq write error or disk full (#4.3.0)") from exc
+        finally:
+            if not committed:
+                self._discard(msg_id, mess_fd, intd_fd)
+
+    def _discard(self, msg_id: int, mess_fd: int, intd_fd: int) -> None:
+        for fd in (mess_fd, intd_fd):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        durable.unlink_quiet(self.home.q("intd", str(msg_id)))
+        durable.unlink_quiet(self.home.split_path("mess", msg_id))
+
+    # -- group commit ---------------------------------------------------
+    async def _commit_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                try:
+                    await loop.run_in_executor(None, self._commit, batch)
+                except OSError as exc:
+                    log(f"warning: commit failed: {exc}")
+                    for p in batch:
+                        self._discard(p.msg_id, -1, -1)
+                        if not p.done.done():
+                            p.done.set_exception(exc)
+                    continue
+                for p in batch:
+                    if not p.done.done():
+                        p.done.set_result(None)
+                self._pull_trigger()
+        finally:
+            self._committing = False
+            self._idle.set()
+
+    def _commit(self, batch: list[Pending]) -> None:
+        try:
+            for p in batch:
+                os.fsync(p.mess_fd)
+                os.fsync(p.intd_fd)
+        finally:
+            for p in batch:
+                for fd in (p.mess_fd, p.intd_fd):
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+        # names of mess and intd must be durable before todo makes them live
+        durable.fsync_dirs(
+            [os.path.dirname(self.home.split_path("mess", p.msg_id)) for p in batch]
+            + [self.home.q("intd")]
+        )
+        for p in batch:
+            os.rename(self.home.q("intd", str(p.msg_id)), self.home.q("todo", str(p.msg_id)))
+        durable.fsync_dir(self.home.q("todo"))
+
+    def _pull_trigger(self) -> None:
+        try:
+            fd = os.open(self.home.trigger, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError:
+            return  # send not running: it scans todo/ when it starts
+        with contextlib.suppress(OSError):
+            os.write(fd, b"\0")
+        os.close(fd)
+
+    async def drain(self) -> None:
+        await self._idle.wait()
+
+
+async def serve(home: Home, listen_fd: int | None) -> None:
+    qw = QueueWriter(home)
+    qw.recover()
+    if listen_fd is not None:
+        sock = socket.socket(fileno=listen_fd)
+    else:
+        durable.unlink_quiet(home.writer_socket)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(home.writer_socket)
+        os.chmod(home.writer_socket, 0o660)
+        sock.listen(256)
+    server = await asyncio.start_unix_server(qw.handle, sock=sock, limit=CHUNK_LIMIT + 64)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log("status: queue writer ready")
+    await stop.wait()
+    server.close()
+    # finish the batch in flight so every client that will hear K has its fsync
+    await asyncio.wait_for(qw.drain(), 4)
+    log("status: exiting")

@@ -1,0 +1,86 @@
+"""qmail-rspawn: run remote deliveries for send, many at once.
+
+Runs as: qmailr (the invoking user in embedded mode).
+Reads:   requests from send on its Unix socket; control files via remote/.
+Writes:  nothing but replies to send.
+Trusts:  send's requests are parsed strictly: message path shape, address
+         sizes and recipient counts are bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+
+from pyqmail.config import Home, RemoteConfig
+from pyqmail.formats import netstring
+from pyqmail.formats.address import domain_of
+from pyqmail.ipc.frames import pack, read_frame
+from pyqmail.ipc.listen import unix_listener
+from pyqmail.remote.route import make_resolver
+from pyqmail.remote.smtp import RemoteJob, deliver
+from pyqmail.unix.logfmt import log
+
+MESSPATH_RE = re.compile(rb"\A[0-9]{1,3}/[0-9]{1,20}\Z")
+MAX_RCPTS = 1000
+MAX_ADDRESS = 1000
+
+
+class RSpawner:
+    def __init__(self, home: Home) -> None:
+        self.home = home
+        self.cfg = RemoteConfig.load(home)
+        self.resolver = make_resolver(self.cfg)
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    async def client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                frame = await read_frame(reader)
+                if frame is None:
+                    break
+                task = asyncio.get_running_loop().create_task(self.job(frame, writer))
+                self.tasks.add(task)
+                task.add_done_callback(self.tasks.discard)
+        except (OSError, asyncio.IncompleteReadError, netstring.NetstringError) as exc:
+            log(f"warning: dropped send: {exc}")
+        except asyncio.CancelledError:
+            return  # shutting down (3.11 streams log a cancelled handler otherwise)
+        finally:
+            writer.close()
+
+    async def job(self, frame: bytes, writer: asyncio.StreamWriter) -> None:
+        fields = frame.split(b"\0")
+        job_id = fields[0]
+        if len(fields) < 4 or len(fields) - 3 > MAX_RCPTS or not MESSPATH_RE.match(fields[1]):
+            reports = [b"Zqmail-spawn unable to understand request. (#4.3.0)"] * max(
+                1, len(fields) - 3
+            )
+        elif any(len(a) > MAX_ADDRESS for a in fields[2:]):
+            reports = [b"DSorry, address too long. (#5.1.3)"] * (len(fields) - 3)
+        else:
+            rcpts = tuple(fields[3:])
+            job = RemoteJob(
+                self.home.q("mess", fields[1].decode()), fields[2], rcpts, domain_of(rcpts[0])
+            )
+            try:
+                reports = await deliver(job, self.cfg, self.resolver)
+            except Exception as exc:  # a bug here must defer, not lose, the mail
+                log(f"warning: remote delivery crashed: {exc!r}")
+                reports = [b"ZUnable to run qmail-remote. (#4.3.0)"] * len(rcpts)
+        if writer.is_closing():
+            return
+        writer.write(pack(job_id, *[r.replace(b"\0", b"?") for r in reports]))
+
+
+async def serve(home: Home) -> None:
+    rs = RSpawner(home)
+    sock = unix_listener(home.socket("rspawn"))
+    server = await asyncio.start_unix_server(rs.client, sock=sock)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    server.close()

@@ -1,0 +1,54 @@
+"""Recipient classification as qmail-send does it (qmail-files §3). Pure."""
+
+from __future__ import annotations
+
+import math
+
+from pyqmail.config import SendConfig
+from pyqmail.formats.control import domain_keys
+
+LOCAL_C = 10  # retry schedule constants (qmail-protocols §4)
+REMOTE_C = 20
+
+
+def classify(rcpt: bytes, cfg: SendConfig) -> tuple[str, bytes]:
+    """("local" | "remote", rewritten address)."""
+    if b"@" not in rcpt:
+        rcpt = rcpt + b"@" + cfg.envnoathost.encode()
+    local, _, dom = rcpt.rpartition(b"@")
+    domain = dom.decode("utf-8", "surrogateescape").lower()
+    while domain in cfg.percenthack and b"%" in local:
+        pct = local.rfind(b"%")
+        local, dom = local[:pct], local[pct + 1 :]
+        rcpt = local + b"@" + dom
+        domain = dom.decode("utf-8", "surrogateescape").lower()
+    if domain in cfg.locals:
+        return "local", rcpt
+    user_key = f"{local.decode('utf-8', 'surrogateescape').lower()}@{domain}"
+    for key in [user_key, *domain_keys(domain), ""]:
+        if key in cfg.virtualdomains:
+            prepend = cfg.virtualdomains[key]
+            if not prepend:
+                return "remote", rcpt
+            return "local", prepend.encode() + b"-" + rcpt
+    return "remote", rcpt
+
+
+def next_retry(birth: float, pass_start: float, channel: str) -> float:
+    """birth + (floor(sqrt(now - birth)) + c)^2, from the pass's start time."""
+    c = LOCAL_C if channel == "local" else REMOTE_C
+    age = max(0.0, pass_start - birth)
+    return birth + (math.floor(math.sqrt(age)) + c) ** 2
+
+
+def strip_virtual(rcpt: bytes, cfg: SendConfig) -> bytes:
+    """Bounce texts show the address without the virtualdomains prefix."""
+    local, _, dom = rcpt.rpartition(b"@")
+    domain = dom.decode("utf-8", "surrogateescape").lower()
+    if domain in cfg.locals:
+        return rcpt
+    for key in [*domain_keys(domain), ""]:
+        prepend = cfg.virtualdomains.get(key)
+        if prepend and local.startswith(prepend.encode() + b"-"):
+            return rcpt[len(prepend) + 1 :]
+    return rcpt

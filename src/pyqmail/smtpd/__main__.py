@@ -1,0 +1,24 @@
+"""python -m pyqmail.smtpd --fd N [--fd M]: serve SMTP on inherited sockets."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+from pyqmail.config import Home
+from pyqmail.smtpd.server import serve
+from pyqmail.unix.logfmt import set_component
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="pyqmail-smtpd")
+    ap.add_argument("--home")
+    ap.add_argument("--fd", type=int, action="append", default=[])
+    args = ap.parse_args(argv)
+    set_component("smtpd")
+    asyncio.run(serve(Home.from_env(args.home), args.fd))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

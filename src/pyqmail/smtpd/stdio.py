@@ -1,0 +1,48 @@
+"""qmail-smtpd: SMTP on stdin/stdout, for tcpserver (ucspi-tcp) or inetd.
+
+Runs as: whoever tcpserver runs it as (qmaild in a system install).
+Reads:   TCPREMOTEIP, TCPREMOTEHOST, TCPREMOTEINFO, TCPLOCALIP, TCPLOCALHOST,
+         RELAYCLIENT, DATABYTES from the environment; control files as the
+         built-in listener does.
+Exit:    0 after QUIT, 1 on EOF, read error or timeout (qmail-smtpd's codes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+
+from pyqmail.config import Home, SmtpdConfig
+from pyqmail.proto.smtp import server as eng
+from pyqmail.smtpd.policy import SmtpPolicy
+from pyqmail.smtpd.server import WriterQueue, client_for
+from pyqmail.smtpd.session import serve_smtp
+from pyqmail.unix.logfmt import set_component
+
+
+async def _run(home: Home) -> int:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    transport, protocol = await loop.connect_write_pipe(
+        asyncio.streams.FlowControlMixin, os.fdopen(1, "wb", buffering=0, closefd=False)
+    )
+    writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+    cfg = SmtpdConfig.load(home)
+    env = dict(os.environ)
+    client = client_for(env.get("TCPREMOTEIP", "unknown"), env.get("TCPLOCALIP"), {}, env)
+    assert client is not None  # no rules here: tcpserver already applied its own
+    limits = eng.Limits(max_message_bytes=client.databytes or cfg.databytes)
+    policy = SmtpPolicy(cfg, client, WriterQueue(home.writer_socket))
+    await serve_smtp(reader, writer, policy, limits, cfg.timeout)
+    return 0 if policy.quit_seen else 1
+
+
+def main() -> int:
+    set_component("qmail-smtpd")
+    return asyncio.run(_run(Home.from_env()))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,201 @@
+"""pyqmail start: open the sockets, launch every component, restart the fallen.
+
+Runs as: root for a system install (to bind ports and hand each component
+         its own uid); the invoking user in embedded mode.
+Reads:   the command line; control files only to refuse a broken config.
+Writes:  nothing in the queue; listening sockets are opened here and passed
+         down, so a restarted component finds clients already waiting.
+Trusts:  its children only to exit; a crash is logged and the child is
+         restarted after a pause that grows while it keeps crashing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+from pyqmail.config import Home, RemoteConfig, SendConfig, SmtpdConfig
+from pyqmail.layout import queue_ok
+from pyqmail.unix.logfmt import log
+
+STOP_TIMEOUT_S = 4.5
+RESTART_MIN_S = 0.2
+RESTART_MAX_S = 10.0
+
+
+@dataclass(slots=True)
+class Component:
+    name: str
+    args: list[str]
+    fds: list[int] = field(default_factory=list)
+    proc: subprocess.Popen[bytes] | None = None
+    restart_at: float = 0.0
+    backoff: float = RESTART_MIN_S
+    started_at: float = 0.0
+
+
+def parse_listen(value: str, default_port: int) -> tuple[str, int] | None:
+    """``ADDR:PORT`` or ``[v6]:PORT`` or ``off``."""
+    if value == "off":
+        return None
+    if value.startswith("["):
+        host, _, port = value[1:].partition("]:")
+    else:
+        host, _, port = value.rpartition(":")
+    if not port.isdigit():
+        raise ValueError(f"{value!r}: expected ADDR:PORT or off")
+    return host or "127.0.0.1", int(port or default_port)
+
+
+def bind_tcp(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    sock.bind((host, port))
+    sock.listen(1024)
+    sock.set_inheritable(True)
+    return sock
+
+
+def bind_unix(path: str) -> socket.socket:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(path)
+    os.chmod(path, 0o666)
+    sock.listen(1024)
+    sock.set_inheritable(True)
+    return sock
+
+
+class Supervisor:
+    def __init__(self, home: Home, smtp: list[tuple[str, int]]) -> None:
+        self.home = home
+        self.smtp = smtp
+        self.components: list[Component] = []
+        self.sockets: list[socket.socket] = []
+        self.stopping = False
+
+    def check_config(self) -> None:
+        problem = queue_ok(self.home)
+        if problem:
+            raise SystemExit(f"pyqmail start: {problem}; run pyqmail init first")
+        SendConfig.load(self.home)
+        SmtpdConfig.load(self.home)
+        RemoteConfig.load(self.home)
+
+    def lock(self) -> int:
+        fd = os.open(self.home.q("lock", "sendmutex"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SystemExit("pyqmail start: another pyqmail is running on this home") from None
+        return fd
+
+    def build(self) -> None:
+        base = [sys.executable, "-m"]
+        home = ["--home", self.home.root]
+        wsock = bind_unix(self.home.writer_socket)
+        self.sockets.append(wsock)
+        self.components = [
+            Component("queue", [*base, "pyqmail.queue", *home, "--fd", str(wsock.fileno())],
+                      [wsock.fileno()]),
+            Component("clean", [*base, "pyqmail.clean", *home]),
+            Component("lspawn", [*base, "pyqmail.lspawn", *home]),
+            Component("rspawn", [*base, "pyqmail.rspawn", *home]),
+            Component("send", [*base, "pyqmail.send", *home]),
+        ]
+        if self.smtp:
+            socks = [bind_tcp(h, p) for h, p in self.smtp]
+            self.sockets.extend(socks)
+            for s in socks:
+                host, port = s.getsockname()[:2]
+                log(f"status: smtp listening on {host}:{port}")
+            fd_args: list[str] = []
+            for s in socks:
+                fd_args += ["--fd", str(s.fileno())]
+            self.components.append(
+                Component("smtpd", [*base, "pyqmail.smtpd", *home, *fd_args],
+                          [s.fileno() for s in socks])
+            )
+
+    def spawn(self, comp: Component) -> None:
+        comp.proc = subprocess.Popen(comp.args, pass_fds=comp.fds, stdin=subprocess.DEVNULL)
+        comp.started_at = time.monotonic()
+        log(f"status: started {comp.name} pid {comp.proc.pid}")
+
+    def reap(self) -> None:
+        now = time.monotonic()
+        for comp in self.components:
+            if comp.proc is None:
+                if now >= comp.restart_at and not self.stopping:
+                    self.spawn(comp)
+                continue
+            code = comp.proc.poll()
+            if code is None:
+                if now - comp.started_at > 30:
+                    comp.backoff = RESTART_MIN_S
+                continue
+            log(f"alert: {comp.name} pid {comp.proc.pid} exited with status {code}; restarting")
+            comp.proc = None
+            comp.restart_at = now + comp.backoff
+            comp.backoff = min(RESTART_MAX_S, comp.backoff * 2)
+
+    def stop(self) -> None:
+        self.stopping = True
+        # the listeners first, so nothing new arrives while the queue drains
+        order = sorted(self.components, key=lambda c: c.name != "smtpd")
+        for comp in order:
+            if comp.proc is not None and comp.proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    comp.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        for comp in order:
+            if comp.proc is None:
+                continue
+            try:
+                comp.proc.wait(timeout=max(0.01, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log(f"warning: {comp.name} did not stop in time; killing it")
+                comp.proc.kill()
+                comp.proc.wait()
+        log("status: exiting")
+
+    def run(self) -> int:
+        self.check_config()
+        lock_fd = self.lock()
+        self.build()
+        got: list[int] = []
+
+        def on_signal(sig: int, _frame: object) -> None:
+            got.append(sig)
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        signal.signal(signal.SIGHUP, on_signal)
+        signal.signal(signal.SIGALRM, on_signal)
+        for comp in self.components:
+            self.spawn(comp)
+        ports = ", ".join(f"{h}:{p}" for h, p in self.smtp) or "off"
+        log(f"status: pyqmail running on {self.home.root}; smtp {ports}")
+        while True:
+            time.sleep(0.1)
+            while got:
+                sig = got.pop(0)
+                if sig in (signal.SIGTERM, signal.SIGINT):
+                    self.stop()
+                    os.close(lock_fd)
+                    return 0
+                for comp in self.components:  # HUP and ALRM go to send, as in qmail
+                    if comp.name == "send" and comp.proc is not None:
+                        comp.proc.send_signal(sig)
+            self.reap()

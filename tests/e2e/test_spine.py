@@ -1,0 +1,212 @@
+"""The spine end to end: real sockets, real files, the whole MTA (issue #2)."""
+
+from __future__ import annotations
+
+import email
+import os
+import mailbox
+import shutil
+import smtplib
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.harness import (
+    BIN,
+    environ_with_home,
+    init_home,
+    pyqmail,
+    running_mta,
+    running_sink,
+    wait_until,
+    write_control,
+)
+
+BODY = b"Subject: spine\r\nMessage-ID: <1@test>\r\n\r\nline one\r\n.leading dot\r\n\r\nlast\r\n"
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    h = tmp_path / "qmail"
+    init_home(h)
+    return h
+
+
+def test_smtplib_to_local_maildir_byte_for_byte(home: Path) -> None:
+    with running_mta(home) as mta:
+        with smtplib.SMTP("127.0.0.1", mta.smtp_port, timeout=10) as client:
+            client.sendmail("a@example.org", ["postmaster@localhost"], BODY)
+        files = mta.wait_for_maildir("postmaster")
+    md = mailbox.Maildir(str(home / "mailboxes" / "postmaster" / "Maildir"), create=False)
+    (msg,) = list(md)
+    raw = files[0].read_bytes()
+    # trace lines on top, then the message exactly as sent (CRLF stored as LF, dot unstuffed)
+    head, _, rest = raw.partition(b"Subject: spine\n")
+    assert head.startswith(b"Return-Path: <a@example.org>\nDelivered-To: postmaster@localhost\n")
+    assert all(
+        line.startswith((b"Return-Path:", b"Delivered-To:", b"Received:", b"  by "))
+        for line in head.splitlines()
+    )
+    assert b"Subject: spine\n" + rest == BODY.replace(b"\r\n", b"\n")
+    assert msg["Subject"] == "spine"
+    assert msg.get_payload() == "line one\n.leading dot\n\nlast\n"
+
+
+def test_swaks_to_local_maildir(home: Path) -> None:
+    if shutil.which("swaks") is None:
+        pytest.skip("swaks not installed (make test installs it when root)")
+    with running_mta(home) as mta:
+        res = subprocess.run(
+            ["swaks", "--server", "127.0.0.1", "--port", str(mta.smtp_port), "--from",
+             "s@example.org", "--to", "postmaster@localhost", "--header", "Subject: swaks",
+             "--body", "from swaks"],
+            capture_output=True, text=True, timeout=30, check=False,
+        )
+        assert res.returncode == 0, res.stdout + res.stderr
+        files = mta.wait_for_maildir("postmaster")
+    msg = email.message_from_bytes(files[0].read_bytes())
+    assert msg["Subject"] == "swaks"
+    assert msg["Return-Path"] == "<s@example.org>"
+    assert "from swaks" in msg.get_payload()
+
+
+def test_remote_address_reaches_sink_with_envelope(home: Path) -> None:
+    with running_sink() as sink:
+        write_control(home, "smtproutes", f"example.net:127.0.0.1:{sink.port}\n")
+        with running_mta(home) as mta:
+            with smtplib.SMTP("127.0.0.1", mta.smtp_port, timeout=10) as client:
+                client.sendmail("a@example.org", ["b@example.net", "c@example.net"], BODY)
+            wait_until(lambda: len(sink.messages) >= 1, 20, "the sink to receive the message")
+            wait_until(mta.queue_empty, 20, "the queue to empty")
+    (got,) = sink.messages
+    assert got.mail_from == b"a@example.org"
+    assert sorted(got.rcpts) == [b"b@example.net", b"c@example.net"]
+    assert got.data.endswith(BODY.split(b"\r\n\r\n", 1)[1])
+    assert b"Subject: spine\r\n" in got.data
+
+
+def test_remote_permanent_failure_bounces_to_sender(home: Path) -> None:
+    with running_sink() as sink:
+        write_control(home, "smtproutes", f"example.net:127.0.0.1:{sink.port}\n")
+        with running_mta(home) as mta:
+            with smtplib.SMTP("127.0.0.1", mta.smtp_port, timeout=10) as client:
+                client.sendmail("postmaster@localhost", ["reject-me@example.net"], BODY)
+            files = mta.wait_for_maildir("postmaster")
+            wait_until(mta.queue_empty, 20, "the queue to empty")
+    bounce = files[0].read_bytes()
+    assert b"Subject: failure notice" in bounce
+    assert b"Hi. This is the qmail-send program at localhost." in bounce
+    assert b"<reject-me@example.net>:\n127.0.0.1 does not like recipient." in bounce
+    assert b"Remote host said: 550 no such user" in bounce
+    assert b"Return-Path: <>" in bounce
+    assert b"--- Below this line is a copy of the message." in bounce
+
+
+def test_relaying_refused_without_relayclient(home: Path) -> None:
+    write_control(home, "tcprules.smtp", ":allow\n")
+    with running_mta(home) as mta, smtplib.SMTP("127.0.0.1", mta.smtp_port, timeout=10) as c:
+        c.ehlo("x")
+        c.mail("a@example.org")
+        code, text = c.rcpt("someone@elsewhere.example")
+        assert code == 553
+        assert b"allowed rcpthosts" in text
+        assert c.rcpt("postmaster@localhost")[0] == 250
+
+
+def test_databytes_refuses_big_message(home: Path) -> None:
+    write_control(home, "databytes", "1000\n")
+    with running_mta(home) as mta, smtplib.SMTP("127.0.0.1", mta.smtp_port, timeout=10) as c:
+        # declared with SIZE (RFC 1870): refused before the data is sent
+        with pytest.raises(smtplib.SMTPSenderRefused) as refused:
+            c.sendmail("a@example.org", ["postmaster@localhost"], b"x" * 5000)
+        assert refused.value.smtp_code == 552
+        # undeclared: read in full, then refused after the dot, as qmail does
+        c.mail("a@example.org")
+        c.rcpt("postmaster@localhost")
+        code, _ = c.data(b"x" * 5000)
+        assert code == 552
+
+
+def test_queue_writer_down_gives_451(home: Path) -> None:
+    with running_mta(home) as mta:
+        sock = home / "queue" / "lock" / "queue.sock"
+        sock.unlink()  # nobody can reach the writer now
+        with smtplib.SMTP("127.0.0.1", mta.smtp_port, timeout=10) as c:
+            c.ehlo("x")
+            c.mail("a@example.org")
+            c.rcpt("postmaster@localhost")
+            code, text = c.docmd("DATA")
+        assert code == 451
+        assert b"qqt failure" in text
+
+
+def test_qmail_queue_program_injects(home: Path) -> None:
+    with running_mta(home) as mta:
+        code = _run_qmail_queue(home, b"Subject: via qmail-queue\n\nhello\n",
+                                b"Fme@example.org\0Tpostmaster@localhost\0\0")
+        assert code == 0
+        files = mta.wait_for_maildir("postmaster")
+    raw = files[0].read_bytes()
+    assert b"invoked by uid" in raw
+    assert raw.endswith(b"Subject: via qmail-queue\n\nhello\n")
+
+
+def _run_qmail_queue(home: Path, message: bytes, envelope: bytes) -> int:
+    """Run qmail-queue with the message on fd 0 and the envelope on fd 1."""
+    mr, mw = os.pipe()
+    er, ew = os.pipe()
+    os.write(mw, message)
+    os.close(mw)
+    os.write(ew, envelope)
+    os.close(ew)
+    proc = subprocess.Popen([str(BIN / "qmail-queue")], stdin=mr, stdout=er,
+                            env=environ_with_home(home))
+    os.close(mr)
+    os.close(er)
+    return proc.wait(timeout=30)
+
+
+def test_qmail_queue_truncated_envelope_exits_54(home: Path) -> None:
+    with running_mta(home):
+        assert _run_qmail_queue(home, b"x\n", b"Fa@b\0Tc@d\0") == 54
+        assert _run_qmail_queue(home, b"x\n", b"Xa@b\0\0") == 91
+
+
+def test_init_never_overwrites(home: Path) -> None:
+    write_control(home, "me", "mx.example.com\n")
+    res = pyqmail("init", "--home", str(home))
+    assert res.returncode == 0
+    assert (home / "control" / "me").read_text() == "mx.example.com\n"
+
+
+def test_adduser_gets_mail(home: Path) -> None:
+    assert pyqmail("adduser", "alice", "--home", str(home)).returncode == 0
+    assert pyqmail("adduser", "alice", "--home", str(home)).returncode == 100
+    with running_mta(home) as mta:
+        with smtplib.SMTP("127.0.0.1", mta.smtp_port, timeout=10) as c:
+            c.sendmail("a@example.org", ["alice@localhost", "alice-ext@localhost"], BODY)
+        files = mta.wait_for_maildir("alice", count=2)
+    assert len(files) == 2
+    assert {email.message_from_bytes(f.read_bytes())["Delivered-To"] for f in files} == {
+        "alice@localhost", "alice-ext@localhost"}
+
+
+def test_unknown_local_user_bounces(home: Path) -> None:
+    with running_mta(home) as mta:
+        with smtplib.SMTP("127.0.0.1", mta.smtp_port, timeout=10) as c:
+            c.sendmail("postmaster@localhost", ["nobody-here@localhost"], BODY)
+        files = mta.wait_for_maildir("postmaster")
+    text = files[0].read_bytes()
+    assert b"<nobody-here@localhost>:\nSorry, no mailbox here by that name. (#5.1.1)" in text
+
+
+def test_sigterm_stops_within_5s(home: Path) -> None:
+    import time
+
+    with running_mta(home) as mta:
+        t0 = time.monotonic()
+        code = mta.stop(timeout=10)
+        assert time.monotonic() - t0 < 5
+        assert code == 0
+        assert "status: exiting" in mta.log()
