@@ -20,7 +20,11 @@ BIN = Path(sys.executable).parent
 
 def pyqmail(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(BIN / "pyqmail"), *args], capture_output=True, text=True, timeout=60, env=env,
+        [str(BIN / "pyqmail"), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
         check=False,
     )
 
@@ -57,8 +61,11 @@ class RunningMta:
         return sorted([*(md / "new").iterdir(), *(md / "cur").iterdir()])
 
     def wait_for_maildir(self, user: str, count: int = 1, timeout: float = 20) -> list[Path]:
-        wait_until(lambda: len(self.maildir_files(user)) >= count, timeout,
-                   f"{count} message(s) in {user}'s Maildir")
+        wait_until(
+            lambda: len(self.maildir_files(user)) >= count,
+            timeout,
+            f"{count} message(s) in {user}'s Maildir",
+        )
         return self.maildir_files(user)
 
     def queue_empty(self) -> bool:
@@ -85,7 +92,9 @@ def start_mta(home: Path) -> RunningMta:
     log_fh = open(log_path, "ab")  # noqa: SIM115 - the child owns it
     proc = subprocess.Popen(
         [str(BIN / "pyqmail"), "start", "--home", str(home), "--smtp", "127.0.0.1:0"],
-        stdout=log_fh, stderr=log_fh, stdin=subprocess.DEVNULL,
+        stdout=log_fh,
+        stderr=log_fh,
+        stdin=subprocess.DEVNULL,
     )
     log_fh.close()
     mta = RunningMta(home, proc, log_path)
@@ -140,7 +149,7 @@ class Sink:
         with self.lock:
             self.connections += 1
         writer.write(b"220 sink ESMTP\r\n")
-        mail_from, rcpts = b"", []
+        mail_from, rcpts = b"", list[bytes]()
         try:
             while True:
                 line = await reader.readline()
@@ -209,6 +218,7 @@ def running_sink() -> Iterator[Sink]:
     try:
         yield sink
     finally:
+
         async def shutdown() -> None:
             server_box[0].close()
 

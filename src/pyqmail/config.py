@@ -147,7 +147,9 @@ class SendConfig:
             bouncehost=_line_or_me(home, "bouncehost", "bouncehost"),
             doublebounceto=dbto or "postmaster",
             doublebouncehost=_line_or_me(home, "doublebouncehost", "doublebouncehost"),
-            concurrencylocal=min(120, control.parse_int(read_control(home, "concurrencylocal"), 10)),
+            concurrencylocal=min(
+                120, control.parse_int(read_control(home, "concurrencylocal"), 10)
+            ),
             concurrencyremote=min(
                 120, control.parse_int(read_control(home, "concurrencyremote"), 20)
             ),

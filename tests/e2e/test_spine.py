@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import email
-import os
 import mailbox
+import os
 import shutil
 import smtplib
 import subprocess
@@ -58,10 +58,25 @@ def test_swaks_to_local_maildir(home: Path) -> None:
         pytest.skip("swaks not installed (make test installs it when root)")
     with running_mta(home) as mta:
         res = subprocess.run(
-            ["swaks", "--server", "127.0.0.1", "--port", str(mta.smtp_port), "--from",
-             "s@example.org", "--to", "postmaster@localhost", "--header", "Subject: swaks",
-             "--body", "from swaks"],
-            capture_output=True, text=True, timeout=30, check=False,
+            [
+                "swaks",
+                "--server",
+                "127.0.0.1",
+                "--port",
+                str(mta.smtp_port),
+                "--from",
+                "s@example.org",
+                "--to",
+                "postmaster@localhost",
+                "--header",
+                "Subject: swaks",
+                "--body",
+                "from swaks",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
         )
         assert res.returncode == 0, res.stdout + res.stderr
         files = mta.wait_for_maildir("postmaster")
@@ -143,8 +158,11 @@ def test_queue_writer_down_gives_451(home: Path) -> None:
 
 def test_qmail_queue_program_injects(home: Path) -> None:
     with running_mta(home) as mta:
-        code = _run_qmail_queue(home, b"Subject: via qmail-queue\n\nhello\n",
-                                b"Fme@example.org\0Tpostmaster@localhost\0\0")
+        code = _run_qmail_queue(
+            home,
+            b"Subject: via qmail-queue\n\nhello\n",
+            b"Fme@example.org\0Tpostmaster@localhost\0\0",
+        )
         assert code == 0
         files = mta.wait_for_maildir("postmaster")
     raw = files[0].read_bytes()
@@ -160,8 +178,9 @@ def _run_qmail_queue(home: Path, message: bytes, envelope: bytes) -> int:
     os.close(mw)
     os.write(ew, envelope)
     os.close(ew)
-    proc = subprocess.Popen([str(BIN / "qmail-queue")], stdin=mr, stdout=er,
-                            env=environ_with_home(home))
+    proc = subprocess.Popen(
+        [str(BIN / "qmail-queue")], stdin=mr, stdout=er, env=environ_with_home(home)
+    )
     os.close(mr)
     os.close(er)
     return proc.wait(timeout=30)
@@ -189,7 +208,9 @@ def test_adduser_gets_mail(home: Path) -> None:
         files = mta.wait_for_maildir("alice", count=2)
     assert len(files) == 2
     assert {email.message_from_bytes(f.read_bytes())["Delivered-To"] for f in files} == {
-        "alice@localhost", "alice-ext@localhost"}
+        "alice@localhost",
+        "alice-ext@localhost",
+    }
 
 
 def test_unknown_local_user_bounces(home: Path) -> None:

@@ -678,6 +678,29 @@ def test_hops_counted_across_any_split(cut: int) -> None:
     assert run(wire[:cut], wire[cut:]).of(EndOfData)[0].hops == 2
 
 
+def reference_hops(body: bytes) -> int:
+    header = body.split(b"\n\n", 1)[0] if not body.startswith(b"\n") else b""
+    return sum(
+        line[:8].lower() == b"received" or line[:9].lower() == b"delivered"
+        for line in header.split(b"\n")
+    )
+
+
+_HEADER_TOKENS = st.sampled_from(
+    [b"Received: x", b"RECEIVED", b"receive", b"Delivered-To: y", b"delivere", b"d", b"\n", b"x"]
+)
+
+
+@given(st.lists(_HEADER_TOKENS, max_size=25).map(b"".join), st.lists(st.integers(0, 300)))
+@settings(max_examples=200, deadline=None)
+def test_hop_count_matches_reference(body: bytes, cuts: list[int]) -> None:
+    # BDAT carries the bytes unchanged (bare LF included), so the counter sees `body`.
+    wire = ENVELOPE + b"BDAT %d LAST\r\n" % len(body) + body
+    s = session().feed(*_chunks(wire, cuts))
+    assert s.data == body
+    assert s.of(BdatEnd)[0].hops == reference_hops(body)
+
+
 def test_end_of_data_reply_ends_transaction() -> None:
     s = message(b"x\r\n.\r\nDATA\r\n")
     assert rejected(s) == [replies.MAIL_FIRST]

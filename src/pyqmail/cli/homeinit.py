@@ -44,7 +44,7 @@ def init_home(home: Home, me: str) -> list[str]:
     written: list[str] = []
     for sub in ("control", "users", "alias", "mailboxes", "log"):
         os.makedirs(os.path.join(home.root, sub), mode=0o755, exist_ok=True)
-    os.chmod(os.path.join(home.root, "alias"), 0o755)
+    os.chmod(os.path.join(home.root, "alias"), 0o755)  # noqa: S103 - qmail's mode for ~alias
     make_queue(home)
     controls = {
         "me": f"{me}\n",
@@ -72,7 +72,12 @@ def init_home(home: Home, me: str) -> list[str]:
 
 def add_user(home: Home, name: str) -> str:
     """A virtual user: users/assign lines, a home under mailboxes/, a Maildir."""
-    if not name or any(c in name for c in ":/\n\0 ") or name.startswith(".") or name != name.lower():
+    if (
+        not name
+        or any(c in name for c in ":/\n\0 ")
+        or name.startswith(".")
+        or name != name.lower()
+    ):
         raise ValueError(f"{name!r} is not a usable user name (lowercase, no ':', '/' or spaces)")
     st = os.stat(home.root)
     uhome = mailbox_home(home, name)
@@ -89,7 +94,9 @@ def add_user(home: Home, name: str) -> str:
             raise ValueError(f"{name} already exists in {home.assign}")
         lines = [ln for ln in text.split("\n") if ln and ln != "."]
         lines.append(format_assign_line("=", name, name, st.st_uid, st.st_gid, uhome, "", ""))
-        lines.append(format_assign_line("+", f"{name}-", name, st.st_uid, st.st_gid, uhome, "-", ""))
+        lines.append(
+            format_assign_line("+", f"{name}-", name, st.st_uid, st.st_gid, uhome, "-", "")
+        )
         new_text = "\n".join(lines) + "\n.\n"
         parse_assign(new_text, path=home.assign)
         tmp = home.assign + ".tmp"

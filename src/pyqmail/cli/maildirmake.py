@@ -17,8 +17,9 @@ def main(argv: list[str] | None = None) -> int:
         for sub in ("tmp", "new", "cur"):
             os.mkdir(os.path.join(args[0], sub), 0o700)
     except OSError as exc:
-        print(f"maildirmake: fatal: unable to mkdir {exc.filename}: {exc.strerror}",
-              file=sys.stderr)
+        print(
+            f"maildirmake: fatal: unable to mkdir {exc.filename}: {exc.strerror}", file=sys.stderr
+        )
         return 111
     finally:
         os.umask(old)

@@ -103,8 +103,11 @@ def cmd_start(args: argparse.Namespace) -> int:
     smtp = [] if args.smtp == "off" else [parse_listen(v, 25) for v in args.smtp.split(",")]
     for name in UNIMPLEMENTED_LISTENERS:
         if getattr(args, name) != "off":
-            print(f"pyqmail start: the {name} listener is not available yet; "
-                  f"--{name} {getattr(args, name)} ignored", file=sys.stderr)
+            print(
+                f"pyqmail start: the {name} listener is not available yet; "
+                f"--{name} {getattr(args, name)} ignored",
+                file=sys.stderr,
+            )
     return Supervisor(home, [s for s in smtp if s is not None]).run()
 
 

@@ -17,7 +17,7 @@ MAX_READ = 1 << 31
 
 
 def _read_fd(fd: int) -> bytes:
-    parts = []
+    parts: list[bytes] = []
     total = 0
     while True:
         chunk = os.read(fd, 1 << 16)
@@ -36,8 +36,12 @@ def exit_code(status: str, text: str) -> int:
         return 11
     if status == "D":
         return 31
-    for prefix, code in (("qq write error", 53), ("qq read error", 54), ("qq internal bug", 81),
-                         ("qq unable to reach", 73)):
+    for prefix, code in (
+        ("qq write error", 53),
+        ("qq read error", 54),
+        ("qq internal bug", 81),
+        ("qq unable to reach", 73),
+    ):
         if text.startswith(prefix):
             return code
     return 74

@@ -16,7 +16,7 @@ class Failure:
 def failure_paragraph(f: Failure) -> bytes:
     """``<rcpt>:`` + report; blank lines inside become ``/``; one blank line after."""
     text = f.report if f.report.endswith(b"\n") else f.report + b"\n"
-    lines = [b"/" if not ln else ln for ln in text[:-1].split(b"\n")]
+    lines = [ln or b"/" for ln in text[:-1].split(b"\n")]
     rcpt = f.recipient.replace(b"\n", b"_")
     return b"<" + rcpt + b">:\n" + b"\n".join(lines) + b"\n\n"
 

@@ -27,7 +27,7 @@ def _parse_instructions(text: str, path: str, number: int) -> Rule:
     while rest:
         name, eq, tail = rest.partition("=")
         if not eq or not name or not tail:
-            raise ControlError(path, number, "expected VAR=\"value\"")
+            raise ControlError(path, number, 'expected VAR="value"')
         quote = tail[0]
         end = tail.find(quote, 1)
         if end < 0:

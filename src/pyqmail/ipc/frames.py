@@ -35,7 +35,7 @@ class FrameBuffer:
 
     def feed(self, data: bytes) -> list[bytes]:
         self._buf += data
-        out = []
+        out: list[bytes] = []
         while True:
             got = netstring.decode_one(self._buf, limit=self._limit)
             if got is None:

@@ -78,8 +78,9 @@ class AsyncSubmission:
         self._writer.close()
 
 
-def submit_sync(path: str, origin: bytes, message: bytes, envelope_wire: bytes,
-                timeout: float = 600.0) -> QueueResult:
+def submit_sync(
+    path: str, origin: bytes, message: bytes, envelope_wire: bytes, timeout: float = 600.0
+) -> QueueResult:
     """Blocking one-shot submission (qmail-queue program, forwards, bounces)."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
@@ -88,8 +89,12 @@ def submit_sync(path: str, origin: bytes, message: bytes, envelope_wire: bytes,
             sock.connect(path)
         except (FileNotFoundError, ConnectionRefusedError):
             return QueueResult("Z", "qq unable to reach the queue writer (#4.3.0)")
-        out = [netstring.encode(MAGIC + b"\0" + origin), *_chunks(message), b"0:,",
-               netstring.encode(envelope_wire)]
+        out = [
+            netstring.encode(MAGIC + b"\0" + origin),
+            *_chunks(message),
+            b"0:,",
+            netstring.encode(envelope_wire),
+        ]
         sock.sendall(b"".join(out))
         buf = b""
         while True:

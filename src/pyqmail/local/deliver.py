@@ -180,9 +180,8 @@ class Delivery:
                 self.maildir(ins.path)
             elif isinstance(ins, dotqmail.Mbox):
                 self.mbox(ins.path)
-            elif isinstance(ins, dotqmail.Program):
-                if self.program(ins.command, default):
-                    break  # exit 99: stop here, keep earlier forwards
+            elif isinstance(ins, dotqmail.Program) and self.program(ins.command, default):
+                break  # exit 99: stop here, keep earlier forwards
         report = ""
         if forwards:
             report = self.forward(forwards)
@@ -243,9 +242,11 @@ class Delivery:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                     break
-                except BlockingIOError:
+                except BlockingIOError as exc:
                     if time.monotonic() > deadline:
-                        raise temp("File has been locked for 30 seconds straight. (#4.3.0)")
+                        raise temp(
+                            "File has been locked for 30 seconds straight. (#4.3.0)"
+                        ) from exc
                     time.sleep(0.1)
             start = os.lseek(fd, 0, os.SEEK_END)
             body = b"".join(
@@ -254,8 +255,9 @@ class Delivery:
             )
             tail = b"\n" if body.endswith(b"\n") else b"\n\n"
             try:
-                durable.write_all(fd, ufline(self.job.sender, time.time()) + self.rp + self.dt
-                                  + body + tail)
+                durable.write_all(
+                    fd, ufline(self.job.sender, time.time()) + self.rp + self.dt + body + tail
+                )
                 os.fsync(fd)
             except OSError as exc:
                 os.ftruncate(fd, start)
@@ -275,12 +277,22 @@ class Delivery:
         ext_parts = ext.split("-")
         env = dict(os.environ)
         env.update(
-            SENDER=s(self.job.sender), NEWSENDER=s(self.job.sender),
-            RECIPIENT=s(self.job.recipient), USER=u.user, HOME=u.home, HOST=host,
-            HOST2=".".join(parts[:-1]) or parts[0], HOST3=".".join(parts[:-2]) or parts[0],
-            HOST4=".".join(parts[:-3]) or parts[0], LOCAL=s(self.local), EXT=ext,
-            EXT2="-".join(ext_parts[1:]), EXT3="-".join(ext_parts[2:]),
-            EXT4="-".join(ext_parts[3:]), DTLINE=s(self.dt), RPLINE=s(self.rp),
+            SENDER=s(self.job.sender),
+            NEWSENDER=s(self.job.sender),
+            RECIPIENT=s(self.job.recipient),
+            USER=u.user,
+            HOME=u.home,
+            HOST=host,
+            HOST2=".".join(parts[:-1]) or parts[0],
+            HOST3=".".join(parts[:-2]) or parts[0],
+            HOST4=".".join(parts[:-3]) or parts[0],
+            LOCAL=s(self.local),
+            EXT=ext,
+            EXT2="-".join(ext_parts[1:]),
+            EXT3="-".join(ext_parts[2:]),
+            EXT4="-".join(ext_parts[3:]),
+            DTLINE=s(self.dt),
+            RPLINE=s(self.rp),
             UFLINE=s(ufline(self.job.sender, time.time())),
         )
         if default is not None:
@@ -292,8 +304,12 @@ class Delivery:
         with open(self.job.message_path, "rb") as stdin:
             try:
                 proc = subprocess.run(
-                    ["/bin/sh", "-c", command], stdin=stdin, capture_output=True,
-                    cwd=self.user.home, env=self.program_env(default), timeout=24 * 3600,
+                    ["/bin/sh", "-c", command],
+                    stdin=stdin,
+                    capture_output=True,
+                    cwd=self.user.home,
+                    env=self.program_env(default),
+                    timeout=24 * 3600,
                     check=False,
                 )
             except (OSError, subprocess.TimeoutExpired) as exc:

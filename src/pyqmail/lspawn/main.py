@@ -141,8 +141,16 @@ class Spawner:
             return
         self._spawn(conn, job_id, messpath, sender, rcpt, key, retry == b"1")
 
-    def _spawn(self, conn: socket.socket, job_id: bytes, messpath: bytes, sender: bytes,
-               rcpt: bytes, key: bytes, retry: bool) -> None:
+    def _spawn(
+        self,
+        conn: socket.socket,
+        job_id: bytes,
+        messpath: bytes,
+        sender: bytes,
+        rcpt: bytes,
+        key: bytes,
+        retry: bool,
+    ) -> None:
         local_b, domain = split_at_last_at(rcpt)
         if domain is None:
             self._reply(conn, job_id, b"DSorry, address must include host name. (#5.1.3)")
@@ -160,9 +168,7 @@ class Spawner:
         if user is None:
             self._reply(conn, job_id, b"ZUnable to find alias user! (#4.3.0)")
             return
-        job = LocalJob(
-            self.home.q("mess", messpath.decode()), sender, rcpt, key.decode(), retry
-        )
+        job = LocalJob(self.home.q("mess", messpath.decode()), sender, rcpt, key.decode(), retry)
         aliasempty = self.aliasempty()
         rfd, wfd = os.pipe()
         pid = os.fork()

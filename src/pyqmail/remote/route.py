@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 import dns.asyncresolver
 import dns.exception
-import dns.resolver
 import dns.rdatatype
+import dns.resolver
 
 from pyqmail.config import RemoteConfig
 from pyqmail.formats.control import domain_keys
@@ -97,8 +97,7 @@ async def _addresses(res: dns.asyncresolver.Resolver, name: str) -> list[str]:
     return ips
 
 
-async def targets(domain: str, cfg: RemoteConfig,
-                  res: dns.asyncresolver.Resolver) -> list[Target]:
+async def targets(domain: str, cfg: RemoteConfig, res: dns.asyncresolver.Resolver) -> list[Target]:
     """Every address to try, best first."""
     route = smtproute(domain, cfg)
     if route is not None:
@@ -125,9 +124,7 @@ async def targets(domain: str, cfg: RemoteConfig,
     if not mxs:
         ips = await _addresses(res, domain)
         if not ips:
-            raise RouteError(
-                "D", "Sorry, I couldn't find a mail exchanger or IP address. (#5.4.4)"
-            )
+            raise RouteError("D", "Sorry, I couldn't find a mail exchanger or IP address. (#5.4.4)")
         return [Target(domain, a, SMTP_PORT) for a in ips]
     random.shuffle(mxs)  # equal preferences in random order; sort is stable
     mxs.sort(key=lambda m: m[0])

@@ -51,8 +51,9 @@ def said(reply: ServerReply) -> bytes:
 
 
 class Session:
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 timeout: float) -> None:
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, timeout: float
+    ) -> None:
         self.reader = reader
         self.writer = writer
         self.timeout = timeout
@@ -88,8 +89,9 @@ class Session:
         self.writer.close()
 
 
-async def deliver(job: RemoteJob, cfg: RemoteConfig,
-                  res: dns.asyncresolver.Resolver) -> list[bytes]:
+async def deliver(
+    job: RemoteJob, cfg: RemoteConfig, res: dns.asyncresolver.Resolver
+) -> list[bytes]:
     """Per-recipient reports, in job.recipients order."""
     n = len(job.recipients)
     try:
@@ -119,8 +121,9 @@ async def deliver(job: RemoteJob, cfg: RemoteConfig,
     return [b"ZSorry, I wasn't able to establish an SMTP connection. (#4.4.1)"] * n
 
 
-async def transaction(s: Session, target: Target, job: RemoteJob, message: bytes,
-                      cfg: RemoteConfig) -> list[bytes]:
+async def transaction(
+    s: Session, target: Target, job: RemoteJob, message: bytes, cfg: RemoteConfig
+) -> list[bytes]:
     ip = target.ip.encode()
     n = len(job.recipients)
     after_dot = False
@@ -161,7 +164,9 @@ async def transaction(s: Session, target: Target, job: RemoteJob, message: bytes
         mail = replies[0]
         if mail.code >= 300:
             status = b"D" if mail.kind == 5 else b"Z"
-            return [status + b"Connected to " + ip + b" but sender was rejected.\n" + said(mail)] * n
+            return [
+                status + b"Connected to " + ip + b" but sender was rejected.\n" + said(mail)
+            ] * n
         results: list[bytes | None] = []
         for r in replies[1:]:
             if r.code < 300:
@@ -169,8 +174,13 @@ async def transaction(s: Session, target: Target, job: RemoteJob, message: bytes
             else:
                 status = b"D" if r.kind == 5 else b"Z"
                 results.append(
-                    status + ip + b" does not like recipient.\n" + said(r)
-                    + b"Giving up on " + ip + b".\n"
+                    status
+                    + ip
+                    + b" does not like recipient.\n"
+                    + said(r)
+                    + b"Giving up on "
+                    + ip
+                    + b".\n"
                 )
         if all(r is not None for r in results):
             return [r for r in results if r is not None]

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pyqmail.config import SPLIT, Home, SendConfig
 from pyqmail.formats import envelope as env_fmt
 from pyqmail.formats.address import domain_of, strip_verp, verp_sender
-from pyqmail.formats.qsbmf import Failure, format_bounce, parse_bounce_file, format_bounce_record
+from pyqmail.formats.qsbmf import Failure, format_bounce, format_bounce_record, parse_bounce_file
 from pyqmail.ipc.links import Link
 from pyqmail.ipc.queue_proto import AsyncSubmission
 from pyqmail.send.classify import classify, next_retry, strip_virtual
@@ -106,13 +106,24 @@ class Sender:
         self.scan_todo = True
         self.stopping = False
         self.links = {
-            "local": Link("lspawn", home.socket("lspawn"), self._on_reply_local,
-                          self._on_lost_local, self.kick),
-            "remote": Link("rspawn", home.socket("rspawn"), self._on_reply_remote,
-                           self._on_lost_remote, self.kick),
+            "local": Link(
+                "lspawn",
+                home.socket("lspawn"),
+                self._on_reply_local,
+                self._on_lost_local,
+                self.kick,
+            ),
+            "remote": Link(
+                "rspawn",
+                home.socket("rspawn"),
+                self._on_reply_remote,
+                self._on_lost_remote,
+                self.kick,
+            ),
         }
-        self.clean = Link("clean", home.socket("clean"), self._on_clean,
-                          self._on_clean_lost, self._on_clean_up)
+        self.clean = Link(
+            "clean", home.socket("clean"), self._on_clean, self._on_clean_lost, self._on_clean_up
+        )
         self._trigger_fd = -1
 
     # -- helpers ------------------------------------------------------------
@@ -216,10 +227,8 @@ class Sender:
             log(f"warning: trouble with todo/{msg_id}: {exc}")
             return None
         log(f"new msg {msg_id}")
-        log(
-            f"info msg {msg_id}: bytes {size} from <{logclean(todo.sender.decode('utf-8', 'replace'))}>"
-            f" qp {todo.pid} uid {todo.uid}"
-        )
+        sender = logclean(todo.sender.decode("utf-8", "replace"))
+        log(f"info msg {msg_id}: bytes {size} from <{sender}> qp {todo.pid} uid {todo.uid}")
         maybe_done = False
         for kind in ("info", *CHANNELS):
             maybe_done |= durable.unlink_quiet(self.home.split_path(kind, msg_id))
@@ -243,7 +252,9 @@ class Sender:
             dirs.add(os.path.dirname(path))
             offsets = env_fmt.channel_offsets(data)
             msg.chans[kind] = Chan(
-                kind, path, [Rec(a, o, False) for a, o in zip(lists[kind], offsets, strict=True)],
+                kind,
+                path,
+                [Rec(a, o, False) for a, o in zip(lists[kind], offsets, strict=True)],
                 now,
             )
         return msg
@@ -339,8 +350,7 @@ class Sender:
                     )
                 if kind == "local":
                     r = job.recs[0]
-                    key = b"%d.Q%dR%08x" % (int(job.msg.birth), job.msg.msg_id,
-                                            zlib.crc32(r.addr))
+                    key = b"%d.Q%dR%08x" % (int(job.msg.birth), job.msg.msg_id, zlib.crc32(r.addr))
                     retry = b"1" if (job.msg.maybe_done or r.tried) else b"0"
                     fields = [job.job_id, messpath, job.sender, r.addr, key, retry]
                 else:
@@ -465,8 +475,14 @@ class Sender:
             else strip_verp(msg.sender)
         )
         text = format_bounce(
-            now=time.time(), bouncefrom=cfg.bouncefrom.encode(), bouncehost=cfg.bouncehost.encode(),
-            to=to, failures=failures, original_sender=msg.sender, original=original, double=double,
+            now=time.time(),
+            bouncefrom=cfg.bouncefrom.encode(),
+            bouncehost=cfg.bouncehost.encode(),
+            to=to,
+            failures=failures,
+            original_sender=msg.sender,
+            original=original,
+            double=double,
         )
         wire = env_fmt.format_wire(env_fmt.Envelope(b"#@[]" if double else b"", (to,)))
         try:
@@ -525,7 +541,8 @@ class Sender:
             waiter = asyncio.ensure_future(self.wake.wait())
             stopper = asyncio.ensure_future(stop.wait())
             await asyncio.wait(
-                {waiter, stopper}, timeout=delay if delay is not None else TODO_RESCAN_S,
+                {waiter, stopper},
+                timeout=delay if delay is not None else TODO_RESCAN_S,
                 return_when=asyncio.FIRST_COMPLETED,
             )
             waiter.cancel()

@@ -171,9 +171,13 @@ class SmtpPolicy:
         for key, value in ev.params:
             if key == b"SIZE" and value is not None and value.isdigit():
                 if self.databytes and int(value) > self.databytes:
-                    return Reply(552, "sorry, that message size exceeds my databytes limit (#5.3.4)")
+                    return Reply(
+                        552, "sorry, that message size exceeds my databytes limit (#5.3.4)"
+                    )
             elif key not in (b"SIZE", b"BODY", b"SMTPUTF8"):
-                return Reply(555, f"unsupported parameter {key.decode('ascii', 'replace')} (#5.5.4)")
+                return Reply(
+                    555, f"unsupported parameter {key.decode('ascii', 'replace')} (#5.5.4)"
+                )
         self.txn.sender = ev.address
         return Reply(250, "ok")
 

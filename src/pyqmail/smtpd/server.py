@@ -36,8 +36,12 @@ class WriterQueue:
         return await AsyncSubmission.open(self.path, b"network")
 
 
-def client_for(ip: str, local_ip: str | None, rules: dict[str, tcprules.Rule],
-               env: dict[str, str] | None = None) -> Client | None:
+def client_for(
+    ip: str,
+    local_ip: str | None,
+    rules: dict[str, tcprules.Rule],
+    env: dict[str, str] | None = None,
+) -> Client | None:
     """Apply tcprules; None means deny. env (tcpserver's) is the fallback source."""
     values = dict(env or {})
     rule = tcprules.match(rules, ip)

@@ -24,6 +24,7 @@ engine is closed. LocalProtocolError means the caller broke the order.
 
 from __future__ import annotations
 
+import re
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -224,12 +225,16 @@ class LocalProtocolError(Exception):
     """The caller used the engine out of order (our bug)."""
 
 
+_HOP_LINE = re.compile(rb"^(?:received|delivered)", re.IGNORECASE | re.MULTILINE)
+
+
 class _HopCounter:
     """Count Received/Delivered header lines in a stream split anywhere.
 
     qmail-smtpd: in the header (up to the first empty line), a line whose
     first 8 bytes are "received" or first 9 "delivered", any case, with or
-    without the colon, is a hop. Only the first 9 bytes of a line are kept.
+    without the colon, is a hop. Whole lines are matched in bulk; of an
+    unfinished line only the first 9 bytes are kept.
     """
 
     __slots__ = ("hops", "in_header", "prefix")
@@ -237,27 +242,43 @@ class _HopCounter:
     def __init__(self) -> None:
         self.hops = 0
         self.in_header = True
-        self.prefix = bytearray()
+        self.prefix = bytearray()  # start of the unfinished line; empty at a line start
 
     def feed(self, data: bytes) -> None:
+        if not self.in_header:
+            return
         start = 0
-        while self.in_header:
-            nl = data.find(b"\n", start)
-            end = len(data) if nl < 0 else nl
-            before = len(self.prefix)
-            if before < 9:
-                self.prefix += data[start : min(end, start + 9 - before)]
-                after = len(self.prefix)
-                if before < 8 <= after and self.prefix[:8].lower() == b"received":
-                    self.hops += 1
-                if after == 9 and self.prefix.lower() == b"delivered":
-                    self.hops += 1
+        if self.prefix:
+            nl = data.find(b"\n")
+            self._extend(data if nl < 0 else data[:nl])
             if nl < 0:
                 return
-            if not self.prefix:
-                self.in_header = False  # empty line: the body starts
             self.prefix.clear()
             start = nl + 1
+        if data[start : start + 1] == b"\n":
+            self.in_header = False  # empty line: the body starts
+            return
+        blank = data.find(b"\n\n", start)
+        if blank >= 0:
+            self.in_header = False
+            self.hops += len(_HOP_LINE.findall(data, start, blank + 1))
+            return
+        last_lf = data.rfind(b"\n", start)
+        if last_lf >= 0:
+            self.hops += len(_HOP_LINE.findall(data, start, last_lf + 1))
+            start = last_lf + 1
+        self._extend(data[start:])
+
+    def _extend(self, part: bytes) -> None:
+        before = len(self.prefix)
+        if before >= 9 or not part:
+            return
+        self.prefix += part[: 9 - before]
+        after = len(self.prefix)
+        if before < 8 <= after and self.prefix[:8].lower() == b"received":
+            self.hops += 1
+        if after == 9 and self.prefix.lower() == b"delivered":
+            self.hops += 1
 
 
 class _Body:
@@ -671,14 +692,15 @@ class SMTPServer:
                 pos = end
                 stop = _Stop.FULL if limit < len(buf) else _Stop.WAIT
                 break
-            # Whole lines up to the last LF, cut before the next line that
-            # starts with a dot so the line-start rule above sees it.
-            dot = buf.find(b"\n.", pos, last_lf)
-            cut = dot + 1 if dot >= 0 else last_lf + 1
+            # Whole lines up to the last LF, or up to the "." CRLF line (left
+            # to the line-start rule above), decoded in bulk: every LF must
+            # follow a CR; unstuff dots, then CRLF -> LF.
+            term = buf.find(b"\n.\r\n", pos, last_lf + 1)
+            cut = term + 1 if term >= 0 else last_lf + 1
             region = bytes(buf[pos:cut])
             if region.count(b"\n") != region.count(b"\r\n"):
                 return b"", _Stop.BARE_LF
-            out.append(region.replace(b"\r\n", b"\n"))
+            out.append(region.replace(b"\r\n.", b"\r\n").replace(b"\r\n", b"\n"))
             pos = cut
             self._line_start = True
         del buf[:pos]
