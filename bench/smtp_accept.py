@@ -125,12 +125,16 @@ def count_new(md: Path) -> int:
 def run_once(n: int, conc: int, size: int) -> dict[str, float]:
     tmp = Path(tempfile.mkdtemp(prefix="pyqmail-bench-"))
     home = tmp / "qmail"
-    subprocess.run([str(BIN / "pyqmail"), "init", "--home", str(home)], check=True,
-                   capture_output=True)
+    subprocess.run(
+        [str(BIN / "pyqmail"), "init", "--home", str(home)], check=True, capture_output=True
+    )
     (home / "control" / "resolvers").write_text("127.0.0.1:9\n")
     log = open(tmp / "log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen([str(BIN / "pyqmail"), "start", "--home", str(home), "--smtp",
-                             "127.0.0.1:0"], stdout=log, stderr=log)
+    proc = subprocess.Popen(
+        [str(BIN / "pyqmail"), "start", "--home", str(home), "--smtp", "127.0.0.1:0"],
+        stdout=log,
+        stderr=log,
+    )
     try:
         port = 0
         deadline = time.time() + 20
@@ -153,8 +157,11 @@ def run_once(n: int, conc: int, size: int) -> dict[str, float]:
         delivered = count_new(md)
         cpu1 = cpu_by_component(tree(proc.pid))
         cpu = {k: (cpu1.get(k, 0.0) - cpu0.get(k, 0.0)) * 1000 / max(1, ok) for k in cpu1}
-        print("CPU ms per message by component:", {k: round(v, 2) for k, v in cpu.items()},
-              file=sys.stderr)
+        print(
+            "CPU ms per message by component:",
+            {k: round(v, 2) for k, v in cpu.items()},
+            file=sys.stderr,
+        )
         lat.sort()
         return {
             "accept_msg_s": ok / elapsed,
@@ -186,25 +193,43 @@ def main() -> int:
         if r["delivered"] != r["acked"]:
             print(f"COUNT MISMATCH: acked {r['acked']} delivered {r['delivered']}")
             return 1
-    keys = ["accept_msg_s", "p50_ms", "p99_ms", "end_to_end_msg_s", "idle_rss_mb", "loaded_rss_mb",
-            "cpu_ms_per_msg"]
+    keys = [
+        "accept_msg_s",
+        "p50_ms",
+        "p99_ms",
+        "end_to_end_msg_s",
+        "idle_rss_mb",
+        "loaded_rss_mb",
+        "cpu_ms_per_msg",
+    ]
     summary = {
-        k: {"median": statistics.median(r[k] for r in runs), "min": min(r[k] for r in runs),
-            "max": max(r[k] for r in runs)} for k in keys
+        k: {
+            "median": statistics.median(r[k] for r in runs),
+            "min": min(r[k] for r in runs),
+            "max": max(r[k] for r in runs),
+        }
+        for k in keys
     }
-    cmd = f"bench/smtp_accept.py --messages {args.messages} --concurrency {args.concurrency} " \
-          f"--size {args.size} --reps {args.reps}"
-    lines = [f"`{cmd}` (pyqmail alone, local Maildir delivery, fsync on)", "",
-             "| metric | median | min – max |", "|---|---|---|"]
+    cmd = (
+        f"bench/smtp_accept.py --messages {args.messages} --concurrency {args.concurrency} "
+        f"--size {args.size} --reps {args.reps}"
+    )
+    lines = [
+        f"`{cmd}` (pyqmail alone, local Maildir delivery, fsync on)",
+        "",
+        "| metric | median | min - max |",
+        "|---|---|---|",
+    ]
     for k in keys:
         s = summary[k]
-        lines.append(f"| {k} | {s['median']:.1f} | {s['min']:.1f} – {s['max']:.1f} |")
+        lines.append(f"| {k} | {s['median']:.1f} | {s['min']:.1f} - {s['max']:.1f} |")
     table = "\n".join(lines)
     print(table)
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)
-    (out / "smtp_accept.json").write_text(json.dumps({"command": cmd, "runs": runs,
-                                                       "summary": summary}, indent=2))
+    (out / "smtp_accept.json").write_text(
+        json.dumps({"command": cmd, "runs": runs, "summary": summary}, indent=2)
+    )
     (out / "smtp_accept.md").write_text(table + "\n")
     return 0
 
