@@ -231,3 +231,35 @@ def test_sigterm_stops_within_5s(home: Path) -> None:
         assert time.monotonic() - t0 < 5
         assert code == 0
         assert "status: exiting" in mta.log()
+
+
+def test_deferral_stays_queued_and_sigalrm_retries(home: Path) -> None:
+    import re
+    import signal
+
+    with running_sink() as sink:
+        write_control(home, "smtproutes", f"example.net:127.0.0.1:{sink.port}\n")
+        with running_mta(home) as mta:
+            with smtplib.SMTP("127.0.0.1", mta.smtp_port, timeout=10) as c:
+                c.sendmail("a@example.org", ["defer-me@example.net", "ok@example.net"], BODY)
+            wait_until(
+                lambda: "deferral: 127.0.0.1 does not like recipient" in mta.log(),
+                20,
+                "a deferral in the log",
+            )
+            wait_until(lambda: len(sink.messages) == 1, 20, "the accepted recipient's copy")
+            assert not mta.queue_empty()
+            # qmail-send's schedule: the next remote attempt is 400 s after queueing,
+            # so nothing happens by itself; SIGALRM makes it due now
+            mta.proc.send_signal(signal.SIGALRM)
+            wait_until(
+                lambda: len(re.findall(r"deferral: ", mta.log())) >= 2,
+                20,
+                "a second attempt after SIGALRM",
+            )
+            remote = list((home / "queue" / "remote").rglob("*"))
+            files = [p for p in remote if p.is_file()]
+            assert len(files) == 1
+            # the accepted recipient is marked done (D), the deferred one is still T
+            assert files[0].read_bytes() == b"Tdefer-me@example.net\0Dok@example.net\0"
+    assert [m.rcpts for m in sink.messages] == [[b"ok@example.net"]]

@@ -125,6 +125,7 @@ class Sender:
             "clean", home.socket("clean"), self._on_clean, self._on_clean_lost, self._on_clean_up
         )
         self._trigger_fd = -1
+        self.dirty: set[str] = set()  # channel files with marks not yet fsynced
 
     # -- helpers ------------------------------------------------------------
     def kick(self) -> None:
@@ -426,11 +427,26 @@ class Sender:
                 os.pwrite(fd, b"D", rec.offset)
             finally:
                 os.close(fd)
+            self.dirty.add(chan.path)
         except OSError as exc:
             log(f"warning: trouble marking {chan.path}: {exc}; will be delivered twice!")
 
+    def sync_marks(self) -> None:
+        """fsync every channel file marked since the last call (one batch per loop turn)."""
+        dirty, self.dirty = self.dirty, set()
+        for path in dirty:
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                continue  # finished and unlinked: nothing left to redo
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
     def _pass_done(self, msg: Msg, chan: Chan) -> None:
         if all(r.done for r in chan.recs):
+            self.dirty.discard(chan.path)
             durable.unlink_quiet(chan.path)
             del msg.chans[chan.kind]
             if not msg.chans:
@@ -535,6 +551,7 @@ class Sender:
             if self.scan_todo or time.monotonic() - last_scan > TODO_RESCAN_S:
                 last_scan = time.monotonic()
                 self.preprocess_todo()
+            self.sync_marks()
             delay = self.start_due()
             self.dispatch()
             self.wake.clear()
@@ -556,6 +573,7 @@ class Sender:
             self.wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), 0.05)
+        self.sync_marks()
         # keep retry times across the restart, as mtimes of the channel files
         for msg in self.msgs.values():
             for chan in msg.chans.values():
