@@ -224,9 +224,7 @@ class QueueWriter:
 
     def _commit(self, batch: list[Pending]) -> None:
         try:
-            for p in batch:
-                os.fsync(p.mess_fd)
-                os.fsync(p.intd_fd)
+            durable.fsync_fds([fd for p in batch for fd in (p.mess_fd, p.intd_fd)])
         finally:
             for p in batch:
                 for fd in (p.mess_fd, p.intd_fd):

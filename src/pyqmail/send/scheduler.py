@@ -191,7 +191,7 @@ class Sender:
         return msg
 
     # -- preprocessing ----------------------------------------------------------
-    def preprocess_todo(self) -> None:
+    async def preprocess_todo(self) -> None:
         self.scan_todo = False
         try:
             names = os.listdir(self.home.q("todo"))
@@ -200,23 +200,36 @@ class Sender:
             return
         batch: list[Msg] = []
         dirs: set[str] = set()
-        for name in names:
-            if not name.isdigit():
-                continue
-            msg_id = int(name)
-            if msg_id in self.preprocessing or msg_id in self.msgs:
-                continue
-            msg = self._preprocess_one(msg_id, dirs)
-            if msg is not None:
-                batch.append(msg)
-        if not batch:
-            return
-        durable.fsync_dirs(dirs)
+        fds: list[int] = []
+        try:
+            for name in names:
+                if not name.isdigit():
+                    continue
+                msg_id = int(name)
+                if msg_id in self.preprocessing or msg_id in self.msgs:
+                    continue
+                self.preprocessing.add(msg_id)
+                try:
+                    msg = self._preprocess_one(msg_id, dirs, fds)
+                finally:
+                    self.preprocessing.discard(msg_id)
+                if msg is not None:
+                    batch.append(msg)
+            if not batch:
+                return
+            # info and channel files, then their directories, before clean may
+            # remove todo/N (the commit point of preprocessing)
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(None, durable.fsync_fds, fds)
+            await loop.run_in_executor(None, durable.fsync_dirs, dirs)
+        finally:
+            for fd in fds:
+                os.close(fd)
         for msg in batch:
             self.preprocessing.add(msg.msg_id)
             self._clean_request(b"todo/%d" % msg.msg_id, msg)
 
-    def _preprocess_one(self, msg_id: int, dirs: set[str]) -> Msg | None:
+    def _preprocess_one(self, msg_id: int, dirs: set[str], fds: list[int]) -> Msg | None:
         todo_path = self.home.q("todo", str(msg_id))
         try:
             with open(todo_path, "rb") as fh:
@@ -239,17 +252,19 @@ class Sender:
             lists[kind].append(addr)
         info_path = self.home.split_path("info", msg_id)
         info = env_fmt.QueuedEnvelope(todo.uid, todo.pid, todo.sender, ())
-        durable.write_file_synced(info_path, env_fmt.format_todo(info))
+        fds.append(durable.create_exclusive(info_path))
+        durable.write_all(fds[-1], env_fmt.format_todo(info))
         dirs.add(os.path.dirname(info_path))
         now = time.time()
-        birth = os.stat(info_path).st_mtime
+        birth = os.fstat(fds[-1]).st_mtime
         msg = Msg(msg_id, birth, todo.sender, {}, maybe_done)
         for kind in CHANNELS:
             if not lists[kind]:
                 continue
             path = self.home.split_path(kind, msg_id)
             data = b"".join(b"T" + a + b"\0" for a in lists[kind])
-            durable.write_file_synced(path, data)
+            fds.append(durable.create_exclusive(path))
+            durable.write_all(fds[-1], data)
             dirs.add(os.path.dirname(path))
             offsets = env_fmt.channel_offsets(data)
             msg.chans[kind] = Chan(
@@ -550,7 +565,7 @@ class Sender:
         while not stop.is_set():
             if self.scan_todo or time.monotonic() - last_scan > TODO_RESCAN_S:
                 last_scan = time.monotonic()
-                self.preprocess_todo()
+                await self.preprocess_todo()
             self.sync_marks()
             delay = self.start_due()
             self.dispatch()
