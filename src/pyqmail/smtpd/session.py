@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import Protocol
 
 from pyqmail.proto.smtp import server as eng
 from pyqmail.proto.smtp.replies import Reply
@@ -17,9 +18,19 @@ from pyqmail.smtpd.policy import SmtpPolicy
 READ_BYTES = 65536
 
 
+class Reader(Protocol):
+    async def read(self, n: int) -> bytes: ...
+
+
+class Writer(Protocol):
+    def write(self, data: bytes) -> None: ...
+    async def drain(self) -> None: ...
+    def close(self) -> None: ...
+
+
 async def serve_smtp(
-    reader: asyncio.StreamReader,
-    writer: asyncio.StreamWriter,
+    reader: Reader,
+    writer: Writer,
     policy: SmtpPolicy,
     limits: eng.Limits,
     timeout: float,

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
 
 from pyqmail.config import Home, SmtpdConfig
+from pyqmail.net.stdio import FdReader, FdWriter
 from pyqmail.proto.smtp import server as eng
 from pyqmail.smtpd.policy import SmtpPolicy
 from pyqmail.smtpd.server import WriterQueue, client_for
@@ -22,13 +22,7 @@ from pyqmail.unix.logfmt import set_component
 
 
 async def _run(home: Home) -> int:
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    transport, protocol = await loop.connect_write_pipe(
-        asyncio.streams.FlowControlMixin, os.fdopen(1, "wb", buffering=0, closefd=False)
-    )
-    writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+    reader, writer = FdReader(0), FdWriter(1)
     cfg = SmtpdConfig.load(home)
     env = dict(os.environ)
     client = client_for(env.get("TCPREMOTEIP", "unknown"), env.get("TCPLOCALIP"), {}, env)
