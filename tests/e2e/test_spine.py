@@ -5,6 +5,7 @@ from __future__ import annotations
 import email
 import mailbox
 import os
+import re
 import shutil
 import smtplib
 import subprocess
@@ -234,7 +235,6 @@ def test_sigterm_stops_within_5s(home: Path) -> None:
 
 
 def test_deferral_stays_queued_and_sigalrm_retries(home: Path) -> None:
-    import re
     import signal
 
     with running_sink() as sink:
@@ -263,3 +263,34 @@ def test_deferral_stays_queued_and_sigalrm_retries(home: Path) -> None:
             # the accepted recipient is marked done (D), the deferred one is still T
             assert files[0].read_bytes() == b"Tdefer-me@example.net\0Dok@example.net\0"
     assert [m.rcpts for m in sink.messages] == [[b"ok@example.net"]]
+
+
+def test_qread_and_qstat_show_a_deferred_message(home: Path) -> None:
+    with running_sink() as sink:
+        write_control(home, "smtproutes", f"example.net:127.0.0.1:{sink.port}\n")
+        with running_mta(home) as mta:
+            with smtplib.SMTP("127.0.0.1", mta.smtp_port, timeout=10) as c:
+                c.sendmail("a@example.org", ["defer-1@example.net", "ok@example.net"], BODY)
+            wait_until(lambda: "deferral:" in mta.log(), 20, "a deferral")
+            wait_until(lambda: len(sink.messages) == 1, 20, "the accepted copy")
+            env = environ_with_home(home)
+            qread = subprocess.run(
+                [str(BIN / "qmail-qread")],
+                capture_output=True,
+                text=True,
+                env=env,
+                timeout=30,
+                check=True,
+            ).stdout
+            qstat = subprocess.run(
+                [str(BIN / "qmail-qstat")],
+                capture_output=True,
+                text=True,
+                env=env,
+                timeout=30,
+                check=True,
+            ).stdout
+    head, *rcpts = qread.splitlines()
+    assert re.fullmatch(r"\d\d \w{3} \d{4} \d\d:\d\d:\d\d GMT  #\d+  \d+  <a@example.org>", head)
+    assert rcpts == ["\tremote\tdefer-1@example.net", "  done\tremote\tok@example.net"]
+    assert qstat == "messages in queue: 1\nmessages in queue but not yet preprocessed: 0\n"
