@@ -960,4 +960,5 @@ def test_command_soup_raises_only_remote_protocol_error(
     whole = run_to_eof(wire, limits=Limits(max_line_bytes=64))
     split = run_to_eof(*_chunks(wire, cuts), limits=Limits(max_line_bytes=64))
     assert split.wire == whole.wire
-    assert split.data == whole.data
+    if not whole.of(BareLineFeed):  # an aborted message may have streamed some bytes
+        assert split.data == whole.data

@@ -60,6 +60,8 @@ def parse_assign(text: str, *, path: str = "users/assign") -> Assign:
     exact: dict[str, Assignment] = {}
     prefix: dict[str, Assignment] = {}
     lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()  # the file's final newline ends the last line; it starts none
     if len(lines) > MAX_ASSIGN_LINES:
         raise ControlError(path, MAX_ASSIGN_LINES, "too many lines")
     ended = False
@@ -80,13 +82,13 @@ def parse_assign(text: str, *, path: str = "users/assign") -> Assign:
         if len(fields) < 7:
             raise ControlError(path, number, "needs at least 6 colons after the key")
         key, user, uid, gid, home, dash, ext = fields[:7]
-        if not uid.isdigit() or not gid.isdigit():
+        if not (uid.isascii() and uid.isdigit() and gid.isascii() and gid.isdigit()):
             raise ControlError(path, number, "uid and gid must be numbers")
         entry = Assignment(user, int(uid), int(gid), home, dash, ext)
         table = exact if kind == "=" else prefix
         table.setdefault(key.lower(), entry)
     if not ended:
-        raise ControlError(path, len(lines), "missing the final '.' line")
+        raise ControlError(path, len(lines) + 1, "missing the final '.' line")
     return Assign(exact, prefix)
 
 

@@ -5,16 +5,22 @@ Pure: callers hand in the file's text (or None when the file does not exist).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+_ASCII_DIGITS = "0123456789"  # str.isdigit() also accepts "²", which int() refuses
 
 
-@dataclass(frozen=True, slots=True)
 class ControlError(ValueError):
-    """A control file that exists but cannot be used; names file and line."""
+    """A control file that exists but cannot be used; names file and line.
 
-    path: str
-    line: int
-    why: str
+    A plain exception, not a frozen dataclass: Python itself assigns
+    ``__traceback__`` on exceptions (contextlib's ``__exit__`` does), which a
+    frozen slotted dataclass turns into a TypeError.
+    """
+
+    def __init__(self, path: str, line: int, why: str) -> None:
+        super().__init__(path, line, why)
+        self.path = path
+        self.line = line
+        self.why = why
 
     def __str__(self) -> str:
         return f"{self.path}:{self.line}: {self.why}"
@@ -44,10 +50,12 @@ def parse_int(text: str | None, default: int) -> int:
     """qmail's integer reader: garbage or a missing file keep the default."""
     if text is None:
         return default
-    first = text.split("\n", 1)[0].strip()
+    # qmail's scan_ulong: ASCII digits from the very first byte; a leading
+    # blank or anything else keeps the default (qmail-files §2).
+    first = text.split("\n", 1)[0]
     digits = ""
     for ch in first:
-        if not ch.isdigit():
+        if ch not in _ASCII_DIGITS:
             break
         digits += ch
     return int(digits) if digits else default
@@ -56,7 +64,7 @@ def parse_int(text: str | None, default: int) -> int:
 def check_int(text: str, *, path: str, lo: int, hi: int) -> int:
     """Strict form for ``pyqmail check``: the first line must be a number in range."""
     first = text.split("\n", 1)[0].strip()
-    if not first.isdigit():
+    if not first or first.strip(_ASCII_DIGITS):
         raise ControlError(path, 1, f"{first!r} is not a decimal number")
     value = int(first)
     if not lo <= value <= hi:

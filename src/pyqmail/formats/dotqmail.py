@@ -32,6 +32,8 @@ class Mbox:
 
 Instruction = Comment | Program | Forward | Maildir | Mbox
 
+_SAFEEXT = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ.", "abcdefghijklmnopqrstuvwxyz:")
+
 
 def parse_line(raw: str) -> Instruction:
     """One .qmail line (trailing blanks already ignored here)."""
@@ -54,10 +56,14 @@ def candidate_files(dash: str, ext: str) -> list[tuple[str, str | None]]:
     safeext lowercases and maps ``.`` to ``:``; every prefix of safeext that is
     empty or ends in ``-`` is tried with ``default``, longest first.
     """
-    safe = ext.lower().replace(".", ":")
-    out: list[tuple[str, str | None]] = [(f".qmail{dash}{safe}", None)]
-    if not dash:
-        return out
+    # qmail's case_lowerb is ASCII-only, so safe keeps ext's length and the
+    # DEFAULT slices below line up with the original-case ext.
+    safe = ext.translate(_SAFEEXT)
+    # qmail-local sets DEFAULT even for the exact file when the literal ext
+    # ends in "default" (qmail-files §5.1).
+    exact_default = ext[len(safe) - 7 :] if safe.endswith("default") else None
+    out: list[tuple[str, str | None]] = [(f".qmail{dash}{safe}", exact_default)]
+    # The rule holds for dash "" too: .qmail, then the odd .qmaildefault.
     for cut in range(len(safe), -1, -1):
         if cut == 0 or safe[cut - 1] == "-":
             name = f".qmail{dash}{safe[:cut]}default"

@@ -25,13 +25,17 @@ def decode_one(buf: bytes, *, limit: int) -> tuple[bytes, bytes] | None:
     digits = buf[: len(str(limit)) + 1] if colon < 0 else buf[:colon]
     if (digits and not digits.isdigit()) or len(digits) > len(str(limit)):
         raise NetstringError("bad length field")
+    # Refuse as soon as the length can never become valid, colon or not:
+    # a leading zero ("01") or a value already over the limit only grows.
+    if len(digits) > 1 and digits[:1] == b"0":
+        raise NetstringError("bad length field")
+    if digits and int(digits) > limit:
+        raise NetstringError(f"{int(digits)} bytes is over the limit of {limit}")
     if colon < 0:
         return None
-    if not digits or (len(digits) > 1 and digits[:1] == b"0"):
+    if not digits:
         raise NetstringError("bad length field")
     size = int(digits)
-    if size > limit:
-        raise NetstringError(f"{size} bytes is over the limit of {limit}")
     end = colon + 1 + size
     if len(buf) <= end:
         return None

@@ -6,11 +6,13 @@ shorter IPv4 prefixes ending in a dot, then the empty address.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from pyqmail.formats.control import ControlError
 
 MAX_RULES = 100_000
+_ACTION = re.compile(r":(?:allow|deny)(?=,|$)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,9 +51,12 @@ def parse_rules(text: str, *, path: str = "tcprules") -> dict[str, Rule]:
             continue
         if len(rules) >= MAX_RULES:
             raise ControlError(path, number, "too many rules")
-        cut = max(line.rfind(":allow"), line.rfind(":deny"))
-        if cut < 0:
+        # The first ":allow"/":deny" ends the address (an IPv6 address holds
+        # colons but never those words); a value such as X=":deny" must not.
+        found = _ACTION.search(line)
+        if found is None:
             raise ControlError(path, number, "expected address:allow or address:deny")
+        cut = found.start()
         address = line[:cut]
         rules.setdefault(address, _parse_instructions(line[cut + 1 :], path, number))
     return rules

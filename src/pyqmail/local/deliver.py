@@ -91,10 +91,21 @@ def ufline(sender: bytes, now: float) -> bytes:
 
 
 def header_has_line(msg: bytes, line: bytes) -> bool:
-    """Delivered-To loop check: exact, case-sensitive line match in the header."""
-    end = msg.find(b"\n\n", 0, HEADER_SCAN_BYTES)
-    head = msg[: end + 1] if end >= 0 else msg[:HEADER_SCAN_BYTES]
-    return line in head.splitlines(keepends=True) or head.startswith(line)
+    """Delivered-To loop check: exact, case-sensitive line match in the header.
+
+    The header is the lines before the first empty line (qmail-files §5.8):
+    a message that starts with an empty line has none, and only LF ends a
+    line (bytes.splitlines would also split at a bare CR).
+    """
+    pos = 0
+    while pos < min(len(msg), HEADER_SCAN_BYTES):
+        end = msg.find(b"\n", pos)
+        if end < 0 or end == pos:
+            return False  # unterminated last line, or the empty line
+        if msg[pos : end + 1] == line:
+            return True
+        pos = end + 1
+    return False
 
 
 class Delivery:

@@ -14,7 +14,7 @@ REMOTE_C = 20
 def classify(rcpt: bytes, cfg: SendConfig) -> tuple[str, bytes]:
     """("local" | "remote", rewritten address)."""
     if b"@" not in rcpt:
-        rcpt = rcpt + b"@" + cfg.envnoathost.encode()
+        rcpt = rcpt + b"@" + cfg.envnoathost.encode("utf-8", "surrogateescape")
     local, _, dom = rcpt.rpartition(b"@")
     domain = dom.decode("utf-8", "surrogateescape").lower()
     while domain in cfg.percenthack and b"%" in local:
@@ -30,7 +30,7 @@ def classify(rcpt: bytes, cfg: SendConfig) -> tuple[str, bytes]:
             prepend = cfg.virtualdomains[key]
             if not prepend:
                 return "remote", rcpt
-            return "local", prepend.encode() + b"-" + rcpt
+            return "local", prepend.encode("utf-8", "surrogateescape") + b"-" + rcpt
     return "remote", rcpt
 
 
@@ -49,6 +49,12 @@ def strip_virtual(rcpt: bytes, cfg: SendConfig) -> bytes:
         return rcpt
     for key in [*domain_keys(domain), ""]:
         prepend = cfg.virtualdomains.get(key)
-        if prepend and local.startswith(prepend.encode() + b"-"):
-            return rcpt[len(prepend) + 1 :]
+        if prepend is None:
+            continue
+        # qmail's stripvdomprepend: the first key found decides, as in
+        # classify; an empty prepend ("not virtual") stops the search.
+        mark = prepend.encode("utf-8", "surrogateescape") + b"-"
+        if prepend and local.startswith(mark):
+            return rcpt[len(mark) :]
+        return rcpt
     return rcpt
