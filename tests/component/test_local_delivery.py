@@ -1,0 +1,165 @@
+"""local.deliver with real files: Maildir delivery, exactly-once retries, safety checks.
+
+qmail-protocols §8.1 (Maildir delivery), qmail-files §5.2 (safety checks),
+§5.8 (Delivered-To loop detection); DESIGN 1a (deterministic Maildir names).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from pyqmail.config import Home
+from pyqmail.formats.assign import UserMatch, parse_assign
+from pyqmail.formats.maildir import safe_host
+from pyqmail.local.deliver import EXIT_OK, EXIT_PERM, EXIT_TEMP, LocalJob, deliver
+
+SENDER = b"alice@example.org"
+RCPT = b"joe@example.net"
+KEY = "1710231302.Q26902R0"
+MESSAGE = b"Received: (qmail 1 invoked by uid 1000); 12 Mar 2024 08:14:59 -0000\n" + (
+    b"Subject: hi\n\nbody\n"
+)
+
+
+@dataclass
+class Box:
+    qmail: Home
+    home: Path
+    maildir: Path
+    user: UserMatch
+    message: Path
+
+    def job(self, *, retry: bool, key: str = KEY, message: bytes | None = None) -> LocalJob:
+        if message is not None:
+            self.message.write_bytes(message)
+        return LocalJob(str(self.message), SENDER, RCPT, key, retry)
+
+    def files(self, sub: str) -> list[str]:
+        return sorted(os.listdir(self.maildir / sub))
+
+
+@pytest.fixture
+def box(tmp_path: Path) -> Box:
+    home = tmp_path / "home"
+    home.mkdir(mode=0o755)
+    home.chmod(0o755)
+    maildir = home / "Maildir"
+    for sub in ("tmp", "new", "cur"):
+        (maildir / sub).mkdir(parents=True)
+    dot = home / ".qmail"
+    dot.write_text("./Maildir/\n")
+    dot.chmod(0o644)
+    assign = parse_assign(f"=joe:joe:{os.getuid()}:{os.getgid()}:{home}:::\n.\n")
+    user = assign.lookup("joe")
+    assert user is not None
+    message = tmp_path / "mess"
+    message.write_bytes(MESSAGE)
+    return Box(Home(str(tmp_path / "qmail")), home, maildir, user, message)
+
+
+def _name() -> str:
+    return f"{KEY}.{safe_host(socket.gethostname())}"
+
+
+def test_maildir_delivery_writes_return_path_delivered_to_and_message(box: Box) -> None:
+    """§8.1: Return-Path line, Delivered-To line, then the message verbatim."""
+    code, report = deliver(box.qmail, box.job(retry=False), box.user, "./Mailbox")
+    assert (code, report) == (EXIT_OK, "did 1+0+0\n")
+    assert box.files("new") == [_name()]
+    assert box.files("tmp") == []
+    data = (box.maildir / "new" / _name()).read_bytes()
+    assert data == b"Return-Path: <alice@example.org>\nDelivered-To: joe@example.net\n" + MESSAGE
+
+
+def test_aliasempty_is_used_without_a_dot_qmail(box: Box) -> None:
+    """§5.1: dash "" and no .qmail/.qmaildefault -> the default delivery instruction."""
+    (box.home / ".qmail").unlink()
+    code, _ = deliver(box.qmail, box.job(retry=False), box.user, "./Maildir/")
+    assert code == EXIT_OK
+    assert box.files("new") == [_name()]
+
+
+@pytest.mark.parametrize("retry", [True, False])
+def test_repeated_delivery_does_not_duplicate(box: Box, retry: bool) -> None:
+    """DESIGN 1a: a retry with the same key finds the first copy (retry=True) or
+    hits EEXIST on link (retry=False); either way one file, the original one."""
+    assert deliver(box.qmail, box.job(retry=False), box.user, "")[0] == EXIT_OK
+    first = os.stat(box.maildir / "new" / _name())
+    code, report = deliver(box.qmail, box.job(retry=retry), box.user, "")
+    assert (code, report) == (EXIT_OK, "did 1+0+0\n")
+    assert box.files("new") == [_name()]
+    assert box.files("tmp") == []
+    assert box.files("cur") == []
+    assert os.stat(box.maildir / "new" / _name()).st_ino == first.st_ino
+
+
+def test_retry_finds_the_copy_a_reader_moved_to_cur(box: Box) -> None:
+    """§8.3: a reader renamed new/X to cur/X:2,S; the retry must not deliver again."""
+    assert deliver(box.qmail, box.job(retry=False), box.user, "")[0] == EXIT_OK
+    os.rename(box.maildir / "new" / _name(), box.maildir / "cur" / f"{_name()}:2,S")
+    code, _ = deliver(box.qmail, box.job(retry=True), box.user, "")
+    assert code == EXIT_OK
+    assert box.files("new") == []
+    assert box.files("cur") == [f"{_name()}:2,S"]
+    assert box.files("tmp") == []
+
+
+def test_a_different_key_is_a_new_delivery(box: Box) -> None:
+    assert deliver(box.qmail, box.job(retry=True), box.user, "")[0] == EXIT_OK
+    assert deliver(box.qmail, box.job(retry=True, key=KEY + "1"), box.user, "")[0] == EXIT_OK
+    assert len(box.files("new")) == 2
+
+
+def test_delivered_to_loop_is_permanent(box: Box) -> None:
+    """§5.8: a header line equal to our Delivered-To line -> exit 100, nothing written."""
+    looping = b"Delivered-To: joe@example.net\nSubject: hi\n\nbody\n"
+    code, report = deliver(box.qmail, box.job(retry=False, message=looping), box.user, "")
+    assert code == EXIT_PERM
+    assert "looping" in report
+    assert "#5.4.6" in report
+    assert box.files("new") == []
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        b"Subject: hi\n\nDelivered-To: joe@example.net\n",  # in the body
+        b"\nDelivered-To: joe@example.net\n",  # empty header: everything is body
+        b"X-Note: a\rDelivered-To: joe@example.net\n\nbody\n",  # bare CR is no line end
+        b"Delivered-To: JOE@example.net\n\nbody\n",  # case-sensitive
+        b"Delivered-To: joe@example.net \n\nbody\n",  # byte-for-byte, incl. blanks
+    ],
+)
+def test_delivered_to_outside_the_header_is_not_a_loop(box: Box, message: bytes) -> None:
+    """§5.8: only header lines (up to the first empty line) equal to DTLINE count."""
+    code, report = deliver(box.qmail, box.job(retry=False, message=message), box.user, "")
+    assert (code, report) == (EXIT_OK, "did 1+0+0\n")
+
+
+def test_world_writable_home_is_temporary(box: Box) -> None:
+    """§5.2: ``Uh-oh: home directory is writable. (#4.7.0)`` -> exit 111."""
+    box.home.chmod(0o757)
+    code, report = deliver(box.qmail, box.job(retry=False), box.user, "")
+    assert code == EXIT_TEMP
+    assert report == "Uh-oh: home directory is writable. (#4.7.0)"
+    assert box.files("new") == []
+
+
+def test_world_writable_dot_qmail_is_temporary(box: Box) -> None:
+    (box.home / ".qmail").chmod(0o646)
+    code, report = deliver(box.qmail, box.job(retry=False), box.user, "")
+    assert code == EXIT_TEMP
+    assert report == "Uh-oh: .qmail file is writable. (#4.7.0)"
+    assert box.files("new") == []
+
+
+def test_missing_maildir_is_temporary(box: Box) -> None:
+    """§8.1: any Maildir failure is temporary; the message stays queued."""
+    (box.home / ".qmail").write_text("./NoSuchMaildir/\n")
+    code, _ = deliver(box.qmail, box.job(retry=False), box.user, "")
+    assert code == EXIT_TEMP
