@@ -294,3 +294,32 @@ def test_qread_and_qstat_show_a_deferred_message(home: Path) -> None:
     assert re.fullmatch(r"\d\d \w{3} \d{4} \d\d:\d\d:\d\d GMT  #\d+  \d+  <a@example.org>", head)
     assert rcpts == ["\tremote\tdefer-1@example.net", "  done\tremote\tok@example.net"]
     assert qstat == "messages in queue: 1\nmessages in queue but not yet preprocessed: 0\n"
+
+
+def test_bdat_chunking_delivers(home: Path) -> None:
+    """RFC 3030: CHUNKING is advertised, so BDAT must work end to end."""
+    import socket
+
+    chunk1 = b"Subject: chunked\r\n\r\nfirst "
+    chunk2 = b"second\r\n.not stuffed\r\n"
+    with running_mta(home) as mta:
+        with socket.create_connection(("127.0.0.1", mta.smtp_port), timeout=10) as s:
+            f = s.makefile("rb")
+
+            def reply() -> bytes:
+                while True:
+                    line = f.readline()
+                    if line[3:4] != b"-":
+                        return line
+
+            assert reply().startswith(b"220")
+            s.sendall(b"EHLO x\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<postmaster@localhost>\r\n")
+            assert [reply()[:3] for _ in range(3)] == [b"250"] * 3
+            s.sendall(b"BDAT %d\r\n" % len(chunk1) + chunk1)
+            assert reply().startswith(b"250")
+            s.sendall(b"BDAT %d LAST\r\n" % len(chunk2) + chunk2)
+            assert reply().startswith(b"250 ok")
+            s.sendall(b"QUIT\r\n")
+            assert reply().startswith(b"221")
+        files = mta.wait_for_maildir("postmaster")
+    assert files[0].read_bytes().endswith(b"Subject: chunked\n\nfirst second\n.not stuffed\n")
