@@ -12,13 +12,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
 import time
 
 from pyqmail.config import Home
 from pyqmail.formats import netstring
 from pyqmail.ipc.frames import pack, read_frame
-from pyqmail.ipc.listen import unix_listener
+from pyqmail.ipc.listen import serve_unix_until_stopped
 from pyqmail.unix import durable
 from pyqmail.unix.logfmt import log
 
@@ -78,12 +77,4 @@ class Cleaner:
 
 
 async def serve(home: Home) -> None:
-    cleaner = Cleaner(home)
-    sock = unix_listener(home.socket("clean"))
-    server = await asyncio.start_unix_server(cleaner.client, sock=sock)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    server.close()
+    await serve_unix_until_stopped(home.socket("clean"), Cleaner(home).client)

@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
 import socket
 import time
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from pyqmail.formats import envelope as env_fmt
 from pyqmail.formats import netstring
 from pyqmail.formats.dates import date822
 from pyqmail.ipc.frames import read_frame
+from pyqmail.ipc.listen import wait_for_stop
 from pyqmail.ipc.queue_proto import CHUNK_LIMIT, MAGIC, ORIGINS
 from pyqmail.unix import durable
 from pyqmail.unix.logfmt import log
@@ -264,12 +264,8 @@ async def serve(home: Home, listen_fd: int | None) -> None:
         os.chmod(home.writer_socket, 0o660)
         sock.listen(256)
     server = await asyncio.start_unix_server(qw.handle, sock=sock, limit=CHUNK_LIMIT + 64)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     log("status: queue writer ready")
-    await stop.wait()
+    await wait_for_stop()
     server.close()
     # finish the batch in flight so every client that will hear K has its fsync
     await asyncio.wait_for(qw.drain(), 4)

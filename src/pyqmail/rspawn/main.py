@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import re
-import signal
 
 from pyqmail.config import Home, RemoteConfig
 from pyqmail.formats import netstring
 from pyqmail.formats.address import domain_of
 from pyqmail.ipc.frames import pack, read_frame
-from pyqmail.ipc.listen import unix_listener
+from pyqmail.ipc.listen import serve_unix_until_stopped
 from pyqmail.remote.route import make_resolver
 from pyqmail.remote.smtp import RemoteJob, deliver
 from pyqmail.unix.logfmt import log
@@ -75,12 +74,4 @@ class RSpawner:
 
 
 async def serve(home: Home) -> None:
-    rs = RSpawner(home)
-    sock = unix_listener(home.socket("rspawn"))
-    server = await asyncio.start_unix_server(rs.client, sock=sock)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    server.close()
+    await serve_unix_until_stopped(home.socket("rspawn"), RSpawner(home).client)

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 import socket
 
 from pyqmail.config import Home, SmtpdConfig, read_control
 from pyqmail.formats import tcprules
+from pyqmail.ipc.listen import wait_for_stop
 from pyqmail.ipc.queue_proto import AsyncSubmission
 from pyqmail.proto.smtp import server as eng
 from pyqmail.smtpd.policy import Client, SmtpPolicy, Submission
@@ -100,12 +100,8 @@ async def serve(home: Home, fds: list[int]) -> None:
     for fd in fds:
         sock = socket.socket(fileno=fd)
         servers.append(await asyncio.start_server(listener.connection, sock=sock))
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     log("status: smtpd ready")
-    await stop.wait()
+    await wait_for_stop()
     for srv in servers:
         srv.close()
     for task in list(listener.sessions):

@@ -1,0 +1,26 @@
+"""The command line every component shares: ``python -m pyqmail.X --home H``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from pyqmail.config import Home
+from pyqmail.unix.logfmt import set_component
+
+
+def component_main(
+    name: str,
+    serve: Callable[[Home], Coroutine[Any, Any, None] | None],
+    argv: list[str] | None = None,
+) -> int:
+    ap = argparse.ArgumentParser(prog=f"pyqmail-{name}")
+    ap.add_argument("--home")
+    args = ap.parse_args(argv)
+    set_component(name)
+    result = serve(Home.from_env(args.home))
+    if result is not None:
+        asyncio.run(result)
+    return 0
