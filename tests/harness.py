@@ -236,3 +236,12 @@ def environ_with_home(home: Path) -> dict[str, str]:
     env = dict(os.environ)
     env["QMAILHOME"] = str(home)
     return env
+
+
+@contextlib.contextmanager
+def mta_with_sink(home: Path, domain: str = "example.net") -> Iterator[tuple[RunningMta, Sink]]:
+    """An MTA whose mail for domain is routed (control/smtproutes) to a loopback sink."""
+    with running_sink() as sink:
+        write_control(home, "smtproutes", f"{domain}:127.0.0.1:{sink.port}\n")
+        with running_mta(home) as mta:
+            yield mta, sink

@@ -17,9 +17,9 @@ from tests.harness import (
     BIN,
     environ_with_home,
     init_home,
+    mta_with_sink,
     pyqmail,
     running_mta,
-    running_sink,
     wait_until,
     write_control,
 )
@@ -88,13 +88,11 @@ def test_swaks_to_local_maildir(home: Path) -> None:
 
 
 def test_remote_address_reaches_sink_with_envelope(home: Path) -> None:
-    with running_sink() as sink:
-        write_control(home, "smtproutes", f"example.net:127.0.0.1:{sink.port}\n")
-        with running_mta(home) as mta:
-            with smtplib.SMTP("127.0.0.1", mta.smtp_port, timeout=10) as client:
-                client.sendmail("a@example.org", ["b@example.net", "c@example.net"], BODY)
-            wait_until(lambda: len(sink.messages) >= 1, 20, "the sink to receive the message")
-            wait_until(mta.queue_empty, 20, "the queue to empty")
+    with mta_with_sink(home) as (mta, sink):
+        with smtplib.SMTP("127.0.0.1", mta.smtp_port, timeout=10) as client:
+            client.sendmail("a@example.org", ["b@example.net", "c@example.net"], BODY)
+        wait_until(lambda: len(sink.messages) >= 1, 20, "the sink to receive the message")
+        wait_until(mta.queue_empty, 20, "the queue to empty")
     (got,) = sink.messages
     assert got.mail_from == b"a@example.org"
     assert sorted(got.rcpts) == [b"b@example.net", b"c@example.net"]
@@ -103,13 +101,11 @@ def test_remote_address_reaches_sink_with_envelope(home: Path) -> None:
 
 
 def test_remote_permanent_failure_bounces_to_sender(home: Path) -> None:
-    with running_sink() as sink:
-        write_control(home, "smtproutes", f"example.net:127.0.0.1:{sink.port}\n")
-        with running_mta(home) as mta:
-            with smtplib.SMTP("127.0.0.1", mta.smtp_port, timeout=10) as client:
-                client.sendmail("postmaster@localhost", ["reject-me@example.net"], BODY)
-            files = mta.wait_for_maildir("postmaster")
-            wait_until(mta.queue_empty, 20, "the queue to empty")
+    with mta_with_sink(home) as (mta, _sink):
+        with smtplib.SMTP("127.0.0.1", mta.smtp_port, timeout=10) as client:
+            client.sendmail("postmaster@localhost", ["reject-me@example.net"], BODY)
+        files = mta.wait_for_maildir("postmaster")
+        wait_until(mta.queue_empty, 20, "the queue to empty")
     bounce = files[0].read_bytes()
     assert b"Subject: failure notice" in bounce
     assert b"Hi. This is the qmail-send program at localhost." in bounce
@@ -237,59 +233,55 @@ def test_sigterm_stops_within_5s(home: Path) -> None:
 def test_deferral_stays_queued_and_sigalrm_retries(home: Path) -> None:
     import signal
 
-    with running_sink() as sink:
-        write_control(home, "smtproutes", f"example.net:127.0.0.1:{sink.port}\n")
-        with running_mta(home) as mta:
-            with smtplib.SMTP("127.0.0.1", mta.smtp_port, timeout=10) as c:
-                c.sendmail("a@example.org", ["defer-me@example.net", "ok@example.net"], BODY)
-            wait_until(
-                lambda: "deferral: 127.0.0.1 does not like recipient" in mta.log(),
-                20,
-                "a deferral in the log",
-            )
-            wait_until(lambda: len(sink.messages) == 1, 20, "the accepted recipient's copy")
-            assert not mta.queue_empty()
-            # qmail-send's schedule: the next remote attempt is 400 s after queueing,
-            # so nothing happens by itself; SIGALRM makes it due now
-            mta.proc.send_signal(signal.SIGALRM)
-            wait_until(
-                lambda: len(re.findall(r"deferral: ", mta.log())) >= 2,
-                20,
-                "a second attempt after SIGALRM",
-            )
-            remote = list((home / "queue" / "remote").rglob("*"))
-            files = [p for p in remote if p.is_file()]
-            assert len(files) == 1
-            # the accepted recipient is marked done (D), the deferred one is still T
-            assert files[0].read_bytes() == b"Tdefer-me@example.net\0Dok@example.net\0"
+    with mta_with_sink(home) as (mta, sink):
+        with smtplib.SMTP("127.0.0.1", mta.smtp_port, timeout=10) as c:
+            c.sendmail("a@example.org", ["defer-me@example.net", "ok@example.net"], BODY)
+        wait_until(
+            lambda: "deferral: 127.0.0.1 does not like recipient" in mta.log(),
+            20,
+            "a deferral in the log",
+        )
+        wait_until(lambda: len(sink.messages) == 1, 20, "the accepted recipient's copy")
+        assert not mta.queue_empty()
+        # qmail-send's schedule: the next remote attempt is 400 s after queueing,
+        # so nothing happens by itself; SIGALRM makes it due now
+        mta.proc.send_signal(signal.SIGALRM)
+        wait_until(
+            lambda: len(re.findall(r"deferral: ", mta.log())) >= 2,
+            20,
+            "a second attempt after SIGALRM",
+        )
+        remote = list((home / "queue" / "remote").rglob("*"))
+        files = [p for p in remote if p.is_file()]
+        assert len(files) == 1
+        # the accepted recipient is marked done (D), the deferred one is still T
+        assert files[0].read_bytes() == b"Tdefer-me@example.net\0Dok@example.net\0"
     assert [m.rcpts for m in sink.messages] == [[b"ok@example.net"]]
 
 
 def test_qread_and_qstat_show_a_deferred_message(home: Path) -> None:
-    with running_sink() as sink:
-        write_control(home, "smtproutes", f"example.net:127.0.0.1:{sink.port}\n")
-        with running_mta(home) as mta:
-            with smtplib.SMTP("127.0.0.1", mta.smtp_port, timeout=10) as c:
-                c.sendmail("a@example.org", ["defer-1@example.net", "ok@example.net"], BODY)
-            wait_until(lambda: "deferral:" in mta.log(), 20, "a deferral")
-            wait_until(lambda: len(sink.messages) == 1, 20, "the accepted copy")
-            env = environ_with_home(home)
-            qread = subprocess.run(
-                [str(BIN / "qmail-qread")],
-                capture_output=True,
-                text=True,
-                env=env,
-                timeout=30,
-                check=True,
-            ).stdout
-            qstat = subprocess.run(
-                [str(BIN / "qmail-qstat")],
-                capture_output=True,
-                text=True,
-                env=env,
-                timeout=30,
-                check=True,
-            ).stdout
+    with mta_with_sink(home) as (mta, sink):
+        with smtplib.SMTP("127.0.0.1", mta.smtp_port, timeout=10) as c:
+            c.sendmail("a@example.org", ["defer-1@example.net", "ok@example.net"], BODY)
+        wait_until(lambda: "deferral:" in mta.log(), 20, "a deferral")
+        wait_until(lambda: len(sink.messages) == 1, 20, "the accepted copy")
+        env = environ_with_home(home)
+        qread = subprocess.run(
+            [str(BIN / "qmail-qread")],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=30,
+            check=True,
+        ).stdout
+        qstat = subprocess.run(
+            [str(BIN / "qmail-qstat")],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=30,
+            check=True,
+        ).stdout
     head, *rcpts = qread.splitlines()
     assert re.fullmatch(r"\d\d \w{3} \d{4} \d\d:\d\d:\d\d GMT  #\d+  \d+  <a@example.org>", head)
     assert rcpts == ["\tremote\tdefer-1@example.net", "  done\tremote\tok@example.net"]

@@ -19,13 +19,6 @@ def pack(*fields: bytes) -> bytes:
     return netstring.encode(b"\0".join(fields))
 
 
-def unpack(payload: bytes, count: int) -> list[bytes]:
-    fields = payload.split(b"\0")
-    if len(fields) != count:
-        raise netstring.NetstringError(f"expected {count} fields, got {len(fields)}")
-    return fields
-
-
 class FrameBuffer:
     """Incremental decoder: feed bytes, take whole payloads."""
 

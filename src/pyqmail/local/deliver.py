@@ -10,7 +10,6 @@ Result:  (exit code, report) with qmail-local's codes: 0, 100, 111.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
 import os
@@ -353,9 +352,3 @@ def deliver(home: Home, job: LocalJob, user: UserMatch, aliasempty: str) -> tupl
     except OSError as exc:
         return EXIT_TEMP, f"Local delivery trouble: {exc}. (#4.3.0)"
     return EXIT_OK, report
-
-
-def first_line(text: str) -> str:
-    with contextlib.suppress(IndexError):
-        return text.splitlines()[0]
-    return text

@@ -45,29 +45,6 @@ def create_exclusive(path: str, mode: int = 0o600) -> int:
     return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
 
 
-def write_file_synced(path: str, data: bytes, mode: int = 0o600) -> None:
-    """Create path (must not exist), write, fsync, close. Caller fsyncs the dir."""
-    fd = create_exclusive(path, mode)
-    try:
-        write_all(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def replace_file_synced(path: str, data: bytes, mode: int = 0o600) -> None:
-    """Atomically replace path's contents: tmp file, fsync, rename, fsync dir."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
-    try:
-        write_all(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(tmp, path)
-    fsync_dir(os.path.dirname(path) or ".")
-
-
 def unlink_quiet(path: str) -> bool:
     """Unlink; True if it was there. Missing is fine, other errors raise."""
     try:
