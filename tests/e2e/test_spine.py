@@ -167,6 +167,18 @@ def test_qmail_queue_program_injects(home: Path) -> None:
     assert raw.endswith(b"Subject: via qmail-queue\n\nhello\n")
 
 
+def _tool(home: Path, name: str) -> str:
+    """Run one of the installed queue tools on home; its standard output."""
+    return subprocess.run(
+        [str(BIN / name)],
+        capture_output=True,
+        text=True,
+        env=environ_with_home(home),
+        timeout=30,
+        check=True,
+    ).stdout
+
+
 def _run_qmail_queue(home: Path, message: bytes, envelope: bytes) -> int:
     """Run qmail-queue with the message on fd 0 and the envelope on fd 1."""
     mr, mw = os.pipe()
@@ -265,23 +277,7 @@ def test_qread_and_qstat_show_a_deferred_message(home: Path) -> None:
             c.sendmail("a@example.org", ["defer-1@example.net", "ok@example.net"], BODY)
         wait_until(lambda: "deferral:" in mta.log(), 20, "a deferral")
         wait_until(lambda: len(sink.messages) == 1, 20, "the accepted copy")
-        env = environ_with_home(home)
-        qread = subprocess.run(
-            [str(BIN / "qmail-qread")],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=30,
-            check=True,
-        ).stdout
-        qstat = subprocess.run(
-            [str(BIN / "qmail-qstat")],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=30,
-            check=True,
-        ).stdout
+        qread, qstat = (_tool(home, name) for name in ("qmail-qread", "qmail-qstat"))
     head, *rcpts = qread.splitlines()
     assert re.fullmatch(r"\d\d \w{3} \d{4} \d\d:\d\d:\d\d GMT  #\d+  \d+  <a@example.org>", head)
     assert rcpts == ["\tremote\tdefer-1@example.net", "  done\tremote\tok@example.net"]
