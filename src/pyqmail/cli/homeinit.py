@@ -8,6 +8,7 @@ import os
 from pyqmail.config import Home
 from pyqmail.formats.assign import format_assign_line, parse_assign
 from pyqmail.layout import make_queue
+from pyqmail.unix import accounts
 
 DEFAULT_TCPRULES = (
     "# first matching line wins (tcprules format)\n"
@@ -70,6 +71,19 @@ def init_home(home: Home, me: str) -> list[str]:
     return written
 
 
+def mailbox_owner(home: Home) -> accounts.Ids:
+    """Virtual mailboxes belong to the home's owner; in a system home to alias.
+
+    Never root in a system home: a delivery runs as the mailbox's uid.
+    """
+    if accounts.is_system_home(home.queue):
+        alias = accounts.lookup("alias")
+        if alias is not None:
+            return alias
+    st = os.stat(home.root)
+    return accounts.Ids(st.st_uid, st.st_gid)
+
+
 def add_user(home: Home, name: str) -> str:
     """A virtual user: users/assign lines, a home under mailboxes/, a Maildir."""
     if (
@@ -79,13 +93,17 @@ def add_user(home: Home, name: str) -> str:
         or name != name.lower()
     ):
         raise ValueError(f"{name!r} is not a usable user name (lowercase, no ':', '/' or spaces)")
-    st = os.stat(home.root)
+    owner = mailbox_owner(home)
     uhome = mailbox_home(home, name)
     os.makedirs(uhome, mode=0o755, exist_ok=True)
     make_maildir(os.path.join(uhome, "Maildir"))
     _write_new(os.path.join(uhome, ".qmail"), "./Maildir/\n", 0o644)
     # user-anything@ lands in the same Maildir, as plus-addressing users expect
     _write_new(os.path.join(uhome, ".qmail-default"), "./Maildir/\n", 0o644)
+    if os.geteuid() == 0:
+        for root, dirs, files in os.walk(uhome):
+            for entry in [root, *(os.path.join(root, n) for n in dirs + files)]:
+                os.lchown(entry, owner.uid, owner.gid)
     with open(home.assign, "r+", encoding="utf-8") as fh:
         fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
         text = fh.read()
@@ -93,9 +111,9 @@ def add_user(home: Home, name: str) -> str:
         if name in assign.exact:
             raise ValueError(f"{name} already exists in {home.assign}")
         lines = [ln for ln in text.split("\n") if ln and ln != "."]
-        lines.append(format_assign_line("=", name, name, st.st_uid, st.st_gid, uhome, "", ""))
+        lines.append(format_assign_line("=", name, name, owner.uid, owner.gid, uhome, "", ""))
         lines.append(
-            format_assign_line("+", f"{name}-", name, st.st_uid, st.st_gid, uhome, "-", "")
+            format_assign_line("+", f"{name}-", name, owner.uid, owner.gid, uhome, "-", "")
         )
         new_text = "\n".join(lines) + "\n.\n"
         parse_assign(new_text, path=home.assign)

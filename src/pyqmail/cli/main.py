@@ -21,6 +21,8 @@ INT_CONTROLS = {
     "concurrencyremote": (0, 120),
     "queuelifetime": (0, 86400 * 365),
     "remotebatch": (1, 1000),
+    "memorylimit": (0, 1 << 44),
+    "filelimit": (64, 1 << 20),
 }
 UNIMPLEMENTED_LISTENERS = ("submission", "qmtp", "qmqp", "pop3")
 
@@ -30,8 +32,17 @@ def cmd_init(args: argparse.Namespace) -> int:
 
     home = Home.from_env(args.home)
     me = args.me or "localhost"
-    for path in init_home(home, me):
-        print(f"wrote {path}")
+    if args.system:
+        from pyqmail.cli.sysinit import init_system
+
+        if os.geteuid() != 0:
+            print("pyqmail init: --system needs root", file=sys.stderr)
+            return 100
+        lines = init_system(home, me)
+    else:
+        lines = [f"wrote {path}" for path in init_home(home, me)]
+    for line in lines:
+        print(line)
     print(f"home ready at {home.root}")
     return 0
 
@@ -117,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("init", help="create a home with working defaults")
     p.add_argument("--home")
     p.add_argument("--me", help="this host's name (default localhost)")
+    p.add_argument(
+        "--system", action="store_true", help="as root: qmail's users, groups, owners and modes"
+    )
     p.set_defaults(func=cmd_init)
     p = sub.add_parser("adduser", help="add a virtual user with a Maildir")
     p.add_argument("name")

@@ -18,6 +18,7 @@ import stat
 import subprocess
 import time
 from dataclasses import dataclass
+from typing import BinaryIO
 
 from pyqmail.config import Home
 from pyqmail.formats import dotqmail
@@ -57,6 +58,14 @@ class LocalJob:
     recipient: bytes
     key: str  # deterministic Maildir unique part, from send
     retry: bool  # an earlier attempt may have delivered already
+    # opened by lspawn while still root: the recipient's uid may not read queue/
+    message_fd: int | None = None
+
+    def open_message(self) -> BinaryIO:
+        if self.message_fd is None:
+            return open(self.message_path, "rb")
+        os.lseek(self.message_fd, 0, os.SEEK_SET)
+        return os.fdopen(os.dup(self.message_fd), "rb")
 
 
 @dataclass(slots=True)
@@ -124,7 +133,7 @@ class Delivery:
     @property
     def message(self) -> bytes:
         if self._msg is None:
-            with open(self.job.message_path, "rb") as fh:
+            with self.job.open_message() as fh:
                 self._msg = fh.read()
         return self._msg
 
@@ -311,7 +320,7 @@ class Delivery:
 
     def program(self, command: str, default: str | None) -> bool:
         """Run ``sh -c``; True when it exits 99 (stop processing this .qmail)."""
-        with open(self.job.message_path, "rb") as stdin:
+        with self.job.open_message() as stdin:
             try:
                 proc = subprocess.run(
                     ["/bin/sh", "-c", command],

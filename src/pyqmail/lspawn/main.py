@@ -17,6 +17,7 @@ a retry after send restarts cannot race the attempt still running.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import re
 import selectors
@@ -29,7 +30,7 @@ from pyqmail.config import Home, read_control
 from pyqmail.formats import control, netstring
 from pyqmail.formats.address import split_at_last_at
 from pyqmail.ipc.frames import FrameBuffer, pack
-from pyqmail.ipc.listen import unix_listener
+from pyqmail.ipc.listen import peer_allowed, send_uids, unix_listener
 from pyqmail.local.deliver import EXIT_TEMP, LocalJob, deliver
 from pyqmail.local.users import AssignCache, resolve
 from pyqmail.unix.logfmt import log
@@ -69,6 +70,7 @@ class Spawner:
         self.home = home
         self.sel = selectors.DefaultSelector()
         self.listener = unix_listener(home.socket("lspawn"))
+        self.allowed = send_uids(home.socket("lspawn"))
         self.conns: dict[socket.socket, FrameBuffer] = {}
         self.children: dict[int, Child] = {}  # by pipe fd
         self.running: dict[bytes, Child] = {}
@@ -85,6 +87,9 @@ class Spawner:
             for key, _ in self.sel.select(timeout=1.0):
                 if key.data == "listen":
                     conn, _ = self.listener.accept()
+                    if not peer_allowed(conn, self.allowed):  # only send may ask
+                        conn.close()
+                        continue
                     conn.setblocking(True)
                     self.conns[conn] = FrameBuffer()
                     self.sel.register(conn, selectors.EVENT_READ, "conn")
@@ -181,6 +186,8 @@ class Spawner:
                     c.close()
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 if user.uid != os.geteuid():
+                    fd = os.open(job.message_path, os.O_RDONLY)
+                    job = dataclasses.replace(job, message_fd=fd)
                     drop_privileges(user.uid, user.gid)
                 code, text = deliver(self.home, job, user, aliasempty)
                 os.write(wfd, text.encode("utf-8", "replace")[: REPORT_LIMIT + 1])

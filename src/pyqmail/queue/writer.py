@@ -35,7 +35,7 @@ from pyqmail.formats.dates import date822
 from pyqmail.ipc.frames import read_frame
 from pyqmail.ipc.listen import wait_for_stop
 from pyqmail.ipc.queue_proto import CHUNK_LIMIT, MAGIC, ORIGINS
-from pyqmail.unix import durable
+from pyqmail.unix import accounts, durable
 from pyqmail.unix.logfmt import log
 
 MAX_MESSAGE_BYTES = 1 << 31
@@ -62,6 +62,10 @@ class QueueWriter:
     def __init__(self, home: Home) -> None:
         self.home = home
         self.my_uid = os.geteuid()
+        # who may say a message came from the network or is a bounce; anyone
+        # else is recorded by uid, as qmail-queue does for local injection
+        self.network_uids = self._uids_of("qmaild")
+        self.bounce_uids = self._uids_of("qmails")
         self._next_id = 0
         self._pending: list[Pending] = []
         self._committing = False
@@ -102,11 +106,17 @@ class QueueWriter:
             return msg_id, fd
 
     # -- one client -----------------------------------------------------
+    def _uids_of(self, user: str) -> frozenset[int]:
+        uids = {0, self.my_uid}
+        ids = accounts.lookup(user)
+        if ids is not None and accounts.is_system_home(self.home.queue):
+            uids.add(ids.uid)
+        return frozenset(uids)
+
     def _origin_text(self, origin: bytes, uid: int) -> str:
-        trusted = uid == self.my_uid or uid == 0
-        if origin == b"network" and trusted:
+        if origin == b"network" and uid in self.network_uids:
             return "invoked from network"
-        if origin == b"bounce" and trusted:
+        if origin == b"bounce" and uid in self.bounce_uids:
             return "invoked for bounce"
         return f"invoked by uid {uid}"
 

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 
 from pyqmail.config import Home, RemoteConfig, SendConfig, SmtpdConfig
 from pyqmail.layout import queue_ok
+from pyqmail.unix import accounts
+from pyqmail.unix.limits import limiter
 from pyqmail.unix.logfmt import log
 
 STOP_TIMEOUT_S = 4.5
@@ -94,6 +96,13 @@ class Supervisor:
         SendConfig.load(self.home)
         SmtpdConfig.load(self.home)
         RemoteConfig.load(self.home)
+        if accounts.component_ids("queue", self.home.queue) is not None:
+            blocked = accounts.unreachable_code()
+            if blocked:
+                raise SystemExit(
+                    f"pyqmail start: the qmail users cannot enter {blocked}, on the way to "
+                    "Python or pyqmail; install pyqmail where they can (e.g. /opt or /usr/local)"
+                )
 
     def lock(self) -> int:
         fd = os.open(self.home.q("lock", "sendmutex"), os.O_RDWR | os.O_CREAT, 0o600)
@@ -135,7 +144,19 @@ class Supervisor:
             )
 
     def spawn(self, comp: Component) -> None:
-        comp.proc = subprocess.Popen(comp.args, pass_fds=comp.fds, stdin=subprocess.DEVNULL)
+        # the uid is set between fork and exec, so a component never runs a
+        # line of its own code, nor reads any input, as root
+        ids = accounts.component_ids(comp.name, self.home.queue)
+        system = ids is not None
+        comp.proc = subprocess.Popen(
+            comp.args,
+            pass_fds=comp.fds,
+            stdin=subprocess.DEVNULL,
+            user=ids.uid if ids else None,
+            group=ids.gid if ids else None,
+            extra_groups=[ids.gid] if ids else None,
+            preexec_fn=limiter(self.home, comp.name in accounts.NETWORK_FACING, system),
+        )
         comp.started_at = time.monotonic()
         log(f"status: started {comp.name} pid {comp.proc.pid}")
 
