@@ -89,6 +89,12 @@ def check_home(home: Home) -> list[str]:
         pass
     except ControlError as exc:
         problems.append(str(exc))
+    from pyqmail.auth import pwfile
+
+    try:
+        pwfile.load(home.root)
+    except (ControlError, OSError) as exc:
+        problems.append(str(exc))
     for loader in (SendConfig.load, SmtpdConfig.load, RemoteConfig.load):
         try:
             loader(home)
@@ -122,6 +128,12 @@ def cmd_start(args: argparse.Namespace) -> int:
     return Supervisor(home, [s for s in smtp if s is not None]).run()
 
 
+def cmd_passwd(args: argparse.Namespace) -> int:
+    from pyqmail.cli.passwd import set_user_password
+
+    return set_user_password(Home.from_env(args.home), args.name, sys.stdin.buffer)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="pyqmail")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -147,6 +159,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--qmqp", default="off")
     p.add_argument("--pop3", default="off")
     p.set_defaults(func=cmd_start)
+    p = sub.add_parser("passwd", help="set a virtual user's password (one line on stdin)")
+    p.add_argument("name")
+    p.add_argument("--home")
+    p.set_defaults(func=cmd_passwd)
     args = ap.parse_args(argv)
     return int(args.func(args))
 
