@@ -182,10 +182,10 @@ LSPAWN_PROBE = (
     "    s.connect(sys.argv[1])\n"
     "except PermissionError:\n"
     "    sys.exit('denied')\n"
-    "s.sendall(pack(b'7', b'no/such', b'a@b', b'x@localhost', b'k1', b'0'))\n"
     "try:\n"
+    "    s.sendall(pack(b'7', b'no/such', b'a@b', b'x@localhost', b'k1', b'0'))\n"
     "    print(repr(s.recv(200)))\n"
-    "except ConnectionResetError:\n"
+    "except (ConnectionResetError, BrokenPipeError):\n"
     "    print('reset')\n"
 )
 
