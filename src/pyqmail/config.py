@@ -175,3 +175,22 @@ class RemoteConfig:
             timeoutremote=control.parse_int(read_control(home, "timeoutremote"), 1200),
             resolvers=tuple(control.parse_list(read_control(home, "resolvers"))),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class InjectConfig:
+    """qmail-inject's controls: each defaults to me, else to its own name."""
+
+    defaultdomain: str
+    defaulthost: str
+    plusdomain: str
+    idhost: str
+
+    @classmethod
+    def load(cls, home: Home) -> InjectConfig:
+        return cls(
+            defaultdomain=_line_or_me(home, "defaultdomain", "defaultdomain"),
+            defaulthost=_line_or_me(home, "defaulthost", "defaulthost"),
+            plusdomain=_line_or_me(home, "plusdomain", "plusdomain"),
+            idhost=_line_or_me(home, "idhost", "idhost"),
+        )

@@ -109,3 +109,52 @@ def submit_sync(
         return QueueResult("Z", "qq crashed (#4.3.0)")
     finally:
         sock.close()
+
+
+class SyncSubmission:
+    """Stream one message to the writer from a blocking program (qmail-inject).
+
+    open() raises OSError when the writer cannot be reached; after that every
+    failure becomes the Z result finish() returns, as with qmail-queue.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._failed = False
+
+    @classmethod
+    def open(cls, path: str, origin: bytes, timeout: float = 600.0) -> SyncSubmission:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(path)
+            sock.sendall(netstring.encode(MAGIC + b"\0" + origin))
+        except OSError:
+            sock.close()
+            raise
+        return cls(sock)
+
+    def write(self, data: bytes) -> None:
+        if data and not self._failed:
+            try:
+                self._sock.sendall(b"".join(_chunks(data)))
+            except OSError:
+                self._failed = True  # the writer's answer (or its absence) says why
+
+    def finish(self, envelope_wire: bytes) -> QueueResult:
+        try:
+            if not self._failed:
+                self._sock.sendall(b"0:," + netstring.encode(envelope_wire))
+            buf = b""
+            while True:
+                got = netstring.decode_one(buf, limit=MAX_FRAME_BYTES)
+                if got is not None:
+                    return parse_result(got[0])
+                data = self._sock.recv(4096)
+                if not data:
+                    return parse_result(None)
+                buf += data
+        except (OSError, netstring.NetstringError):
+            return QueueResult("Z", "qq crashed (#4.3.0)")
+        finally:
+            self._sock.close()

@@ -1,0 +1,1 @@
+"""qmail-inject and sendmail: local mail submission."""
