@@ -20,6 +20,7 @@ from tests.harness import (
     pyqmail,
     running_mta,
     wait_until,
+    write_control,
 )
 
 
@@ -167,6 +168,8 @@ class _PipeSMTP(smtplib.SMTP):
 
 
 def test_sendmail_bs_speaks_smtp_on_stdin_stdout(home: Path) -> None:
+    # -bs sets DATABYTES=0, which lifts control/databytes (qmail's sendmail.c)
+    write_control(home, "databytes", "50\n")
     with running_mta(home) as mta:
         ours, theirs = socket.socketpair()
         proc = subprocess.Popen(
@@ -176,8 +179,8 @@ def test_sendmail_bs_speaks_smtp_on_stdin_stdout(home: Path) -> None:
             env=user_env(home),
         )
         theirs.close()
+        client = _PipeSMTP(ours)
         try:
-            client = _PipeSMTP(ours)
             code, _ = client.connect("sendmail-bs", 0)
             assert code == 220
             client.ehlo("me.example")
@@ -186,10 +189,13 @@ def test_sendmail_bs_speaks_smtp_on_stdin_stdout(home: Path) -> None:
             assert client.rcpt("x@elsewhere.example")[0] == 250
             client.rset()
             client.sendmail(
-                "tester@localhost", ["alice@localhost"], b"Subject: bs\r\n\r\nvia -bs\r\n"
+                "tester@localhost",
+                ["alice@localhost"],
+                b"Subject: bs\r\n\r\n" + b"via -bs " * 40 + b"\r\n",
             )
             client.quit()
         finally:
+            client.close()  # smtplib's file object keeps the socket open otherwise
             ours.close()
             assert proc.wait(timeout=30) == 0
         files = mta.wait_for_maildir("alice")

@@ -7,23 +7,11 @@ import os
 import sys
 
 from pyqmail.config import Home, RemoteConfig, SendConfig, SmtpdConfig, read_control
+from pyqmail.controlfiles import check_controls
 from pyqmail.formats.assign import parse_assign
-from pyqmail.formats.control import ControlError, check_int
-from pyqmail.formats.tcprules import parse_rules
+from pyqmail.formats.control import ControlError
 from pyqmail.layout import queue_ok
 
-INT_CONTROLS = {
-    "databytes": (0, 1 << 40),
-    "timeoutsmtpd": (0, 86400 * 7),
-    "timeoutconnect": (0, 86400),
-    "timeoutremote": (0, 86400 * 7),
-    "concurrencylocal": (0, 120),
-    "concurrencyremote": (0, 120),
-    "queuelifetime": (0, 86400 * 365),
-    "remotebatch": (1, 1000),
-    "memorylimit": (0, 1 << 44),
-    "filelimit": (64, 1 << 20),
-}
 UNIMPLEMENTED_LISTENERS = ("submission", "qmtp", "qmqp", "pop3")
 
 
@@ -68,20 +56,7 @@ def check_home(home: Home) -> list[str]:
         problems.append(missing)
     if read_control(home, "me") is None:
         problems.append(f"{home.control('me')}:0: missing (every program needs it)")
-    for name, (lo, hi) in INT_CONTROLS.items():
-        text = read_control(home, name)
-        if text is not None:
-            try:
-                check_int(text, path=home.control(name), lo=lo, hi=hi)
-            except ControlError as exc:
-                problems.append(str(exc))
-    for name in ("tcprules.smtp",):
-        text = read_control(home, name)
-        if text is not None:
-            try:
-                parse_rules(text, path=home.control(name))
-            except ControlError as exc:
-                problems.append(str(exc))
+    problems += check_controls(home)[0]
     try:
         with open(home.assign, encoding="utf-8", errors="surrogateescape") as fh:
             parse_assign(fh.read(), path=home.assign)
@@ -108,6 +83,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     problems = check_home(home)
     for p in problems:
         print(p)
+    for warning in check_controls(home)[1]:
+        print(warning)
     if not problems:
         print(f"{home.root}: ok")
     return 1 if problems else 0

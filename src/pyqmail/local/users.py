@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pwd
+from collections.abc import Callable
 
 from pyqmail.config import Home
 from pyqmail.formats.assign import Assign, UserMatch, parse_assign
@@ -37,8 +38,12 @@ class AssignCache:
         return self._assign
 
 
-def getpw(local: str) -> UserMatch | None:
-    """qmail-getpw: the whole local part, then prefixes ending before a '-'."""
+def getpw(local: str, on_stat_error: Callable[[OSError], None] | None = None) -> UserMatch | None:
+    """qmail-getpw: the whole local part, then prefixes ending before a '-'.
+
+    A home directory that cannot be stat'ed is "not a user"; on_stat_error
+    (the qmail-getpw program's) may raise instead when the error is temporary.
+    """
     cuts = [len(local)] + [i for i in range(len(local) - 1, 0, -1) if local[i] == "-"]
     for cut in cuts:
         name = local[:cut].lower()
@@ -52,7 +57,9 @@ def getpw(local: str) -> UserMatch | None:
             continue
         try:
             st = os.stat(pw.pw_dir)
-        except OSError:
+        except OSError as exc:
+            if on_stat_error is not None:
+                on_stat_error(exc)
             continue
         if st.st_uid != pw.pw_uid:
             continue

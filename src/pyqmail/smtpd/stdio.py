@@ -27,8 +27,9 @@ async def _run(home: Home) -> int:
     env = dict(os.environ)
     client = client_for(env.get("TCPREMOTEIP", "unknown"), env.get("TCPLOCALIP"), {}, env)
     assert client is not None  # no rules here: tcpserver already applied its own
-    limits = eng.Limits(max_message_bytes=client.databytes or cfg.databytes)
     policy = SmtpPolicy(cfg, client, WriterQueue(home.writer_socket))
+    # $DATABYTES=0 (sendmail -bs sets it) lifts control/databytes: use the policy's value
+    limits = eng.Limits(max_message_bytes=policy.databytes)
     await serve_smtp(reader, writer, policy, limits, cfg.timeout)
     return 0 if policy.quit_seen else 1
 

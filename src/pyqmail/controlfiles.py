@@ -1,0 +1,519 @@
+"""Every control file pyqmail knows: its format, default, meaning and validator.
+
+The one table behind ``pyqmail check`` (each problem as ``file:line: why``)
+and ``qmail-showctl`` (each file's value or default, in qmail-showctl's
+words). A new control file gets a row here and in the README's table.
+
+Pure apart from ``check_controls`` and ``describe``, which read control/.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pyqmail.config import Home, read_control
+from pyqmail.formats import control
+from pyqmail.formats.control import ControlError
+from pyqmail.formats.tcprules import parse_rules
+
+LineCheck = Callable[[str], str | None]  # one line -> why it is wrong, or None
+
+
+def _host(line: str) -> str | None:
+    if line.startswith("[") and line.endswith("]"):
+        return None
+    if not line or any(c.isspace() or c in "@:/\\,;<>()\"'" or ord(c) < 32 for c in line):
+        return f"{line!r} is not a host name"
+    return None
+
+
+def _host_or_suffix(line: str) -> str | None:
+    return _host(line[1:] if line.startswith(".") else line)
+
+
+def _local_part(line: str) -> str | None:
+    if not line or any(c.isspace() or c == "@" or ord(c) < 32 for c in line):
+        return f"{line!r} is not a local part (no '@', no blanks)"
+    return None
+
+
+def _no_blanks(line: str) -> str | None:
+    if any(c.isspace() for c in line):
+        return f"{line!r} contains a blank"
+    return None
+
+
+def _text(line: str) -> str | None:
+    return None
+
+
+def _port(text: str) -> str | None:
+    if not (text.isascii() and text.isdigit() and 0 < int(text) < 65536):
+        return f"{text!r} is not a port number"
+    return None
+
+
+def _smtproute(line: str) -> str | None:
+    domain, sep, relay = line.partition(":")
+    if not sep:
+        return "needs 'domain:relay[:port]' (a line without ':' is ignored)"
+    if domain and (why := _host_or_suffix(domain)):
+        return why
+    if not relay:
+        return None  # "use MX as usual"
+    if relay.startswith("["):
+        end = relay.find("]")
+        if end < 0:
+            return f"{relay!r}: '[' without ']'"
+        rest = relay[end + 1 :]
+        if rest:
+            return _port(rest[1:]) if rest.startswith(":") else f"{relay!r}: junk after ']'"
+        return None
+    host, colon, port = relay.partition(":")
+    return _host(host) or (_port(port) if colon else None)
+
+
+def _virtualdomain(line: str) -> str | None:
+    key, sep, prepend = line.partition(":")
+    if not sep:
+        return "needs 'domain:prepend' (a line without ':' is ignored)"
+    if any(c.isspace() for c in key + prepend):
+        return f"{line!r} contains a blank"
+    return None
+
+
+def _resolver(line: str) -> str | None:
+    host, port = line, ""
+    if line.startswith("["):
+        host, _, port = line[1:].partition("]:")
+        host = host.rstrip("]")
+    elif line.count(":") == 1:
+        host, _, port = line.partition(":")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return f"{host!r} is not an IP address"
+    return _port(port) if port else None
+
+
+@dataclass(frozen=True, slots=True)
+class ControlFile:
+    """One row of the table. kind: line, list, int or rules (tcprules text)."""
+
+    name: str
+    kind: str
+    used_by: str
+    meaning: str
+    default: str  # showctl's words for the default (a value, or a sentence for lists)
+    pre: str = ""  # showctl: text before the value
+    post: str = ""  # showctl: text after the value
+    default_me: bool = False  # a line file whose default is control/me
+    lo: int = 0  # int files: the range pyqmail check accepts
+    hi: int = 0
+    check: LineCheck = _text
+
+
+CONTROL_FILES: tuple[ControlFile, ...] = (
+    ControlFile(
+        "badmailfrom",
+        "list",
+        "smtpd",
+        "refused envelope senders: user@host, or @host for a whole domain",
+        "Any MAIL FROM is allowed.",
+        post=" not accepted in MAIL FROM.",
+        check=_no_blanks,
+    ),
+    ControlFile(
+        "bouncefrom",
+        "line",
+        "send",
+        "local part of the bounce From:",
+        "MAILER-DAEMON",
+        pre="Bounce user name is ",
+        check=_local_part,
+    ),
+    ControlFile(
+        "bouncehost",
+        "line",
+        "send",
+        "host part of the bounce From:",
+        "bouncehost",
+        pre="Bounce host name is ",
+        default_me=True,
+        check=_host,
+    ),
+    ControlFile(
+        "concurrencylocal",
+        "int",
+        "send",
+        "parallel local deliveries (at most 120)",
+        "10",
+        pre="Local concurrency is ",
+        lo=0,
+        hi=120,
+    ),
+    ControlFile(
+        "concurrencyremote",
+        "int",
+        "send",
+        "parallel remote deliveries (at most 120)",
+        "20",
+        pre="Remote concurrency is ",
+        lo=0,
+        hi=120,
+    ),
+    ControlFile(
+        "databytes",
+        "int",
+        "smtpd",
+        "largest message accepted over SMTP, 0 = no limit ($DATABYTES overrides)",
+        "0",
+        pre="SMTP DATA limit is ",
+        post=" bytes",
+        lo=0,
+        hi=1 << 40,
+    ),
+    ControlFile(
+        "defaultdelivery",
+        "list",
+        "lspawn",
+        "the .qmail lines for a user who has no .qmail",
+        "./Maildir/ (deliver to the user's Maildir).",
+        pre="Default delivery: ",
+    ),
+    ControlFile(
+        "defaultdomain",
+        "line",
+        "qmail-inject",
+        "appended to host names without a dot ($QMAILDEFAULTDOMAIN overrides)",
+        "defaultdomain",
+        pre="Default domain name is ",
+        default_me=True,
+        check=_host,
+    ),
+    ControlFile(
+        "defaulthost",
+        "line",
+        "qmail-inject",
+        "added to addresses without '@' ($QMAILDEFAULTHOST overrides)",
+        "defaulthost",
+        pre="Default host name is ",
+        default_me=True,
+        check=_host,
+    ),
+    ControlFile(
+        "doublebouncehost",
+        "line",
+        "send",
+        "host part of the double-bounce recipient",
+        "doublebouncehost",
+        pre="2B recipient host: ",
+        default_me=True,
+        check=_host,
+    ),
+    ControlFile(
+        "doublebounceto",
+        "line",
+        "send",
+        "local part of the double-bounce recipient",
+        "postmaster",
+        pre="2B recipient user: ",
+        check=_local_part,
+    ),
+    ControlFile(
+        "envnoathost",
+        "line",
+        "send",
+        "appended to envelope recipients without '@'",
+        "envnoathost",
+        pre="Presumed domain name is ",
+        default_me=True,
+        check=_host,
+    ),
+    ControlFile(
+        "helohost",
+        "line",
+        "remote",
+        "name sent in HELO/EHLO",
+        "helohost",
+        pre="SMTP client HELO host name is ",
+        default_me=True,
+        check=_host,
+    ),
+    ControlFile(
+        "filelimit",
+        "int",
+        "start",
+        "open files for each network-facing process",
+        "4096",
+        pre="Network-facing processes may open ",
+        post=" files",
+        lo=64,
+        hi=1 << 20,
+    ),
+    ControlFile(
+        "idhost",
+        "line",
+        "qmail-inject",
+        "host part of generated Message-IDs ($QMAILIDHOST overrides)",
+        "idhost",
+        pre="Message-ID host name is ",
+        default_me=True,
+        check=_host,
+    ),
+    ControlFile(
+        "localiphost",
+        "line",
+        "smtpd",
+        "box@[local IP] is rewritten to box@localiphost",
+        "localiphost",
+        pre="Local IP address becomes ",
+        default_me=True,
+        check=_host,
+    ),
+    ControlFile(
+        "locals",
+        "list",
+        "send",
+        "domains delivered locally",
+        "Messages for me are delivered locally.",
+        pre="Messages for ",
+        post=" are delivered locally.",
+        check=_host,
+    ),
+    ControlFile(
+        "me",
+        "line",
+        "all",
+        "this host's name; the default for most others",
+        "undefined! Uh-oh",
+        pre="My name is ",
+        check=_host,
+    ),
+    ControlFile(
+        "memorylimit",
+        "int",
+        "start",
+        "bytes of address space for each network-facing process, 0 = no limit",
+        "2147483648",
+        pre="Network-facing processes may use ",
+        post=" bytes of address space",
+        lo=0,
+        hi=1 << 44,
+    ),
+    ControlFile(
+        "percenthack",
+        "list",
+        "send",
+        "domains for which user%host@domain becomes user@host",
+        "The percent hack is not allowed.",
+        pre="The percent hack is allowed for user%host@",
+        post=".",
+        check=_host,
+    ),
+    ControlFile(
+        "plusdomain",
+        "line",
+        "qmail-inject",
+        "replaces a trailing '+' in host names ($QMAILPLUSDOMAIN overrides)",
+        "plusdomain",
+        pre="Plus domain name is ",
+        default_me=True,
+        check=_host,
+    ),
+    ControlFile(
+        "queuelifetime",
+        "int",
+        "send",
+        "seconds in the queue before deferrals become bounces",
+        "604800",
+        pre="Message lifetime in the queue is ",
+        post=" seconds",
+        lo=0,
+        hi=86400 * 365,
+    ),
+    ControlFile(
+        "rcpthosts",
+        "list",
+        "smtpd",
+        "recipient domains accepted from clients without RELAYCLIENT",
+        "SMTP clients may send messages to any recipient.",
+        pre="SMTP clients may send messages to recipients at ",
+        post=".",
+        check=_host_or_suffix,
+    ),
+    ControlFile(
+        "remotebatch",
+        "int",
+        "send",
+        "recipients at one domain sent in one SMTP transaction",
+        "50",
+        pre="Recipients per remote SMTP transaction: ",
+        lo=1,
+        hi=1000,
+    ),
+    ControlFile(
+        "resolvers",
+        "list",
+        "remote",
+        "DNS servers, IP or IP:PORT a line",
+        "The system's resolvers (/etc/resolv.conf).",
+        pre="DNS server: ",
+        post=".",
+        check=_resolver,
+    ),
+    ControlFile(
+        "smtpgreeting",
+        "line",
+        "smtpd",
+        "text after 220 in the greeting; its first word should be this host's name",
+        "smtpgreeting",
+        pre="SMTP greeting: 220 ",
+        default_me=True,
+    ),
+    ControlFile(
+        "smtproutes",
+        "list",
+        "remote",
+        "artificial routes, domain:relay[:port]; :relay for everything",
+        "No artificial SMTP routes.",
+        pre="SMTP route: ",
+        check=_smtproute,
+    ),
+    ControlFile(
+        "tcprules.smtp",
+        "rules",
+        "smtpd",
+        "who may connect and relay (tcprules text; first matching line wins)",
+        "Allow 127.0.0.1 and ::1 to relay, and anyone else to connect.",
+        pre="SMTP access rule: ",
+    ),
+    ControlFile(
+        "timeoutconnect",
+        "int",
+        "remote",
+        "seconds to wait for a TCP connection",
+        "60",
+        pre="SMTP client connection timeout is ",
+        post=" seconds",
+        lo=0,
+        hi=86400,
+    ),
+    ControlFile(
+        "timeoutremote",
+        "int",
+        "remote",
+        "seconds to wait for the remote server",
+        "1200",
+        pre="SMTP client data timeout is ",
+        post=" seconds",
+        lo=0,
+        hi=86400 * 7,
+    ),
+    ControlFile(
+        "timeoutsmtpd",
+        "int",
+        "smtpd",
+        "seconds to wait for an SMTP client",
+        "1200",
+        pre="SMTP server data timeout is ",
+        post=" seconds",
+        lo=0,
+        hi=86400 * 7,
+    ),
+    ControlFile(
+        "virtualdomains",
+        "list",
+        "send",
+        "user@domain:prepend, domain:prepend, .suffix:prepend, :prepend",
+        "No virtual domains.",
+        pre="Virtual domain: ",
+        check=_virtualdomain,
+    ),
+)
+BY_NAME = {cf.name: cf for cf in CONTROL_FILES}
+
+
+# -- pyqmail check ---------------------------------------------------------------
+
+
+def check_text(cf: ControlFile, text: str, path: str) -> list[str]:
+    """Every problem in one control file's text, each as ``path:line: why``."""
+    problems: list[str] = []
+    try:
+        if cf.kind == "int":
+            control.check_int(text, path=path, lo=cf.lo, hi=cf.hi)
+        elif cf.kind == "rules":
+            parse_rules(text, path=path)
+    except ControlError as exc:
+        problems.append(str(exc))
+    if cf.kind == "line":
+        first = text.split("\n", 1)[0].rstrip(" \t\r")
+        if not first:
+            problems.append(f"{path}:1: empty (remove the file to get the default)")
+        elif why := cf.check(first):
+            problems.append(f"{path}:1: {why}")
+    elif cf.kind == "list":
+        for number, raw in enumerate(text.split("\n"), 1):
+            line = raw.rstrip(" \t\r")
+            if line and not line.startswith("#") and (why := cf.check(line)):
+                problems.append(f"{path}:{number}: {why}")
+    return problems
+
+
+def check_controls(home: Home) -> tuple[list[str], list[str]]:
+    """(problems, warnings) for every file in control/; unknown files only warn."""
+    problems: list[str] = []
+    warnings: list[str] = []
+    for cf in CONTROL_FILES:
+        path = home.control(cf.name)
+        try:
+            text = read_control(home, cf.name)
+        except OSError as exc:
+            problems.append(f"{path}:0: unreadable: {exc.strerror}")
+            continue
+        if text is not None:
+            problems += check_text(cf, text, path)
+    try:
+        names = sorted(os.listdir(os.path.join(home.root, "control")))
+    except OSError:
+        names = []
+    warnings += [
+        f"{home.control(name)}:0: unknown control file (ignored)"
+        for name in names
+        if name not in BY_NAME
+    ]
+    return problems, warnings
+
+
+# -- qmail-showctl ---------------------------------------------------------------
+
+
+def _safe(text: str) -> str:
+    return "".join(c if 32 <= ord(c) <= 126 else "?" for c in text)
+
+
+def describe(home: Home, cf: ControlFile, me: str | None) -> str:
+    """qmail-showctl's paragraph for one file (starting with its blank line)."""
+    head = f"\n{cf.name}: "
+    try:
+        text = read_control(home, cf.name)
+    except OSError:
+        return head + "Oops! Trouble reading this file.\n"
+    if cf.kind == "int":
+        if text is None:
+            return f"{head}(Default.) {cf.pre}{cf.default}{cf.post}.\n"
+        number = control.parse_int(text, int(cf.default))
+        return f"{head}{cf.pre}{number}{cf.post}.\n"
+    if cf.kind == "line":
+        if text is None:
+            value = me if cf.default_me and me is not None else cf.default
+            return f"{head}(Default.) {cf.pre}{_safe(value)}.\n"
+        return f"{head}{cf.pre}{_safe(control.parse_line(text, '') or '')}.\n"
+    if text is None:
+        return f"{head}(Default.) {cf.default}\n"
+    lines = [ln for ln in control.parse_list(text) if cf.kind == "list" or ":" in ln]
+    return head + "\n" + "".join(f"{cf.pre}{_safe(ln)}{cf.post}\n" for ln in lines)
