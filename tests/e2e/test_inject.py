@@ -232,6 +232,11 @@ def test_inject_exit_codes(home: Path) -> None:
     res = sh(home, "printf 'To: \"unclosed\\n\\nx\\n' | qmail-inject")
     assert res.returncode == 100
     assert b"unable to parse this line" in res.stderr
+    # the queue refuses for good (an address over 1000 bytes): permanent
+    with running_mta(home):
+        res = sh(home, f"echo hi | qmail-inject {'a' * 1200}@example.net")
+    assert res.returncode == 100
+    assert b"qmail-inject: fatal: envelope address too long" in res.stderr
     res = sh(home, "echo hi | qmail-inject -z alice")
     assert res.returncode == 100
     res = sh(home, "echo hi | qmail-inject -f")

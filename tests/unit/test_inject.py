@@ -206,6 +206,7 @@ class FakeSubmission:
         (("-h",), ("arg@x.example",), FROM_HEADER),
         (("-H",), ("arg@x.example",), ARG + FROM_HEADER),
         (("-h", "-A"), ("arg@x.example",), ARG),  # the last option wins
+        (("-n", "-N"), ("arg@x.example",), ARG),  # -N: queue after all
     ],
 )
 def test_recipient_strategies(
@@ -298,10 +299,19 @@ def test_from_line_from_environment(home: Home, env: dict[str, str], expected: b
     assert field(out, b"From") == expected
 
 
-def test_anonymous_without_any_user_variable(home: Home) -> None:
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({}, b"anonymous@mx.example.com"),
+        ({b"LOGNAME": b"lg"}, b"lg@mx.example.com"),
+        ({b"LOGNAME": b"lg", b"USER": b"us"}, b"us@mx.example.com"),
+        ({b"MAILUSER": b"mu", b"USER": b"us"}, b"mu@mx.example.com"),
+    ],
+)
+def test_user_variables_in_order(home: Home, env: dict[bytes, bytes], expected: bytes) -> None:
     out = io.BytesIO()
-    inject.run(["qmail-inject", "-n"], {}, io.BytesIO(b"\n"), out, home)
-    assert field(out.getvalue(), b"From") == b"anonymous@mx.example.com"
+    inject.run(["qmail-inject", "-n"], env, io.BytesIO(b"\n"), out, home)
+    assert field(out.getvalue(), b"From") == expected
 
 
 def test_qmailinject_f_and_i_drop_incoming_from_and_message_id(home: Home) -> None:
