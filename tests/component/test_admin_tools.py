@@ -167,3 +167,13 @@ def test_getpw_follows_qmails_rules(home: Path) -> None:
     # uid 0 never receives mail
     root = run(home, "qmail-getpw", "root")
     assert root.stdout.split(b"\0")[0] == b"alias"
+
+
+def test_every_control_file_the_code_reads_is_in_the_table() -> None:
+    """A new control file needs a row in pyqmail.controlfiles (check, showctl, README)."""
+    src = Path(__file__).resolve().parents[2] / "src" / "pyqmail"
+    pattern = re.compile(r'(?:read_control|_line_or_me)\(\s*[\w.]+,\s*"([\w.]+)"')
+    read = {m for path in src.rglob("*.py") for m in pattern.findall(path.read_text())}
+    assert read, "the pattern no longer finds the control readers"
+    known = {cf.name for cf in CONTROL_FILES}
+    assert sorted(read - known) == [], "add these to CONTROL_FILES and the README"
