@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import email
+import email.message
 import os
+import pwd
 import re
+import shutil
 import smtplib
 import socket
 import subprocess
@@ -12,8 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.test_privsep import reachable_code, system_mta  # noqa: F401
 from tests.harness import (
     BIN,
+    RunningMta,
     environ_with_home,
     init_home,
     mta_with_sink,
@@ -260,3 +265,38 @@ def test_datemail_mailsubj_and_predate(home: Path) -> None:
     )
     assert sh(home, "predate").returncode == 100
     assert sh(home, "echo x | predate sh -c 'exit 7'").returncode == 7
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("useradd") is None,
+    reason="a system home needs root and useradd (CI runs as root)",
+)
+def test_ordinary_user_is_recorded_by_uid_on_a_system_home(
+    system_mta: RunningMta,  # noqa: F811
+) -> None:
+    """qmail-queue's Received line names the injecting uid; here it comes from the socket."""
+    nobody = pwd.getpwnam("nobody")
+    res = subprocess.run(
+        [str(BIN / "sendmail"), "-t"],
+        input=b"To: postmaster@localhost\nSubject: from nobody\n\nhi\n",
+        user=nobody.pw_uid,
+        group=nobody.pw_gid,
+        extra_groups=[nobody.pw_gid],
+        env={"QMAILHOME": str(system_mta.home), "USER": "nobody", "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        timeout=60,
+        check=False,
+        cwd="/",
+    )
+    assert res.returncode == 0, res.stderr
+
+    def mine() -> list[email.message.Message]:
+        msgs = [
+            email.message_from_bytes(f.read_bytes()) for f in system_mta.maildir_files("postmaster")
+        ]
+        return [m for m in msgs if m["Subject"] == "from nobody"]
+
+    wait_until(lambda: bool(mine()), 20, "nobody's message")
+    (msg,) = mine()
+    assert msg["Return-Path"] == "<nobody@localhost>"
+    assert f"invoked by uid {nobody.pw_uid})" in (msg["Received"] or "")
