@@ -440,3 +440,23 @@ def test_sgetopt_like_qmail() -> None:
     g = GetOpt(["p", "-", "x"], "f:")
     assert g.next() is None
     assert g.rest == ["-", "x"]
+
+
+@given(st.binary(max_size=600))
+def test_any_message_gives_a_header_or_a_permanent_error(message: bytes) -> None:
+    """Header parsing never fails in any other way, and never loses the body."""
+    inj = _injector()
+    stream = io.BytesIO(message)
+    try:
+        split = read_header(stream.readline, max_field=200, max_header=400)
+        for f in split.fields:
+            inj.field(f)
+        head = inj.finish()
+    except InjectError as exc:
+        assert exc.code == 100  # noqa: PT017 - the error is allowed, not expected
+        return
+    assert head.endswith(b"\n")
+    assert inj.sender is not None
+    rest = stream.read()
+    if split.body_start:
+        assert message.endswith(rest)

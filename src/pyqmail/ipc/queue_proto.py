@@ -82,33 +82,14 @@ def submit_sync(
     path: str, origin: bytes, message: bytes, envelope_wire: bytes, timeout: float = 600.0
 ) -> QueueResult:
     """Blocking one-shot submission (qmail-queue program, forwards, bounces)."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(timeout)
     try:
-        try:
-            sock.connect(path)
-        except (FileNotFoundError, ConnectionRefusedError):
-            return QueueResult("Z", "qq unable to reach the queue writer (#4.3.0)")
-        out = [
-            netstring.encode(MAGIC + b"\0" + origin),
-            *_chunks(message),
-            b"0:,",
-            netstring.encode(envelope_wire),
-        ]
-        sock.sendall(b"".join(out))
-        buf = b""
-        while True:
-            got = netstring.decode_one(buf, limit=MAX_FRAME_BYTES)
-            if got is not None:
-                return parse_result(got[0])
-            data = sock.recv(4096)
-            if not data:
-                return parse_result(None)
-            buf += data
-    except (OSError, netstring.NetstringError):
+        sub = SyncSubmission.open(path, origin, timeout)
+    except (FileNotFoundError, ConnectionRefusedError):
+        return QueueResult("Z", "qq unable to reach the queue writer (#4.3.0)")
+    except OSError:
         return QueueResult("Z", "qq crashed (#4.3.0)")
-    finally:
-        sock.close()
+    sub.write(message)
+    return sub.finish(envelope_wire)
 
 
 class SyncSubmission:
