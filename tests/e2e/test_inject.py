@@ -300,3 +300,29 @@ def test_ordinary_user_is_recorded_by_uid_on_a_system_home(
     (msg,) = mine()
     assert msg["Return-Path"] == "<nobody@localhost>"
     assert f"invoked by uid {nobody.pw_uid})" in (msg["Received"] or "")
+
+
+def test_qmailqueue_program_gets_message_and_envelope(home: Path, tmp_path: Path) -> None:
+    """netqmail: $QMAILQUEUE replaces qmail-queue (message on fd 0, envelope on fd 1)."""
+    fake = tmp_path / "fake-qq"
+    fake.write_text(f'#!/bin/sh\ncat > {tmp_path}/msg\ncat <&1 > {tmp_path}/env\nexit "$CODE"\n')
+    fake.chmod(0o755)
+    res = sh(
+        home,
+        "printf 'To: a@example.net\\nSubject: qq\\n\\nbody\\n' | qmail-inject -f s@example.org",
+        QMAILQUEUE=str(fake),
+        CODE="0",
+    )
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "env").read_bytes() == b"Fs@example.org\0Ta@example.net\0\0"
+    msg = (tmp_path / "msg").read_bytes()
+    assert msg.startswith(b"Date: ")
+    assert msg.endswith(b"To: a@example.net\nSubject: qq\n\nbody\n")
+    for code, exit_code, text in (
+        ("31", 100, b"mail server permanently rejected message (#5.3.0)"),
+        ("71", 111, b"mail server temporarily rejected message (#4.3.0)"),
+        ("20", 100, b"qq permanent problem (#5.3.0)"),
+    ):
+        res = sh(home, "echo hi | qmail-inject a@example.net", QMAILQUEUE=str(fake), CODE=code)
+        assert res.returncode == exit_code
+        assert b"qmail-inject: fatal: " + text in res.stderr

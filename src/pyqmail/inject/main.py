@@ -5,7 +5,8 @@ Reads:   control/{me,defaultdomain,defaulthost,plusdomain,idhost}; the
          environment (QMAILUSER, QMAILHOST, QMAILNAME, QMAILINJECT, ... see
          pyqmail.inject.header); $QMAILMFTFILE.
 Writes:  the message to the queue writer's socket, which records the
-         caller's uid from the socket ("invoked by uid N"); with -n, to fd 1.
+         caller's uid from the socket ("invoked by uid N"); to the program
+         $QMAILQUEUE names instead when it is set (netqmail); with -n, to fd 1.
 Trusts:  nothing in the message: header fields and the header are bounded,
          recipients are counted.
 Exit:    0 queued (fsynced by the writer); 100 usage, a header line it cannot
@@ -31,6 +32,7 @@ from pyqmail.inject.header import (
     read_header,
     settings_from_env,
 )
+from pyqmail.inject.qqprogram import ProgramSubmission
 from pyqmail.inject.sgetopt import GetOpt
 from pyqmail.ipc.queue_proto import SyncSubmission
 
@@ -136,8 +138,13 @@ def _inject(
 
     assert inj.sender is not None  # finish() settles it
     recipients = inj.recipients(from_header=strategy != "args")
+    program = env.get(b"QMAILQUEUE")  # netqmail: another qmail-queue program
+    sub: SyncSubmission | ProgramSubmission
     try:
-        sub = SyncSubmission.open(home.writer_socket, b"local")
+        if program:
+            sub = ProgramSubmission(os.fsdecode(program))
+        else:
+            sub = SyncSubmission.open(home.writer_socket, b"local")
     except OSError:
         raise InjectError("unable to run qmail-queue", EXIT_TEMP) from None
     sub.write(header + split.body_start)
