@@ -14,16 +14,17 @@ def encode(payload: bytes) -> bytes:
     return b"%d:%s," % (len(payload), payload)
 
 
-def decode_one(buf: bytes, *, limit: int) -> tuple[bytes, bytes] | None:
-    """Split one netstring off the front of buf: (payload, rest).
+def parse_length(buf: bytes | bytearray, *, limit: int) -> tuple[int, int] | None:
+    """The length field at the front of buf: (size, offset of the payload).
 
-    None while buf may still grow into a valid netstring; NetstringError as
-    soon as it cannot. The length is checked against limit before anything is
+    None while buf may still grow into a valid field; NetstringError as soon
+    as it cannot. The length is checked against limit before anything is
     allocated; leading zeros are refused, as the spec says.
     """
-    colon = buf.find(b":", 0, len(str(limit)) + 1)
-    digits = buf[: len(str(limit)) + 1] if colon < 0 else buf[:colon]
-    if (digits and not digits.isdigit()) or len(digits) > len(str(limit)):
+    width = len(str(limit))
+    colon = buf.find(b":", 0, width + 1)
+    digits = bytes(buf[: width + 1] if colon < 0 else buf[:colon])
+    if (digits and not digits.isdigit()) or len(digits) > width:
         raise NetstringError("bad length field")
     # Refuse as soon as the length can never become valid, colon or not:
     # a leading zero ("01") or a value already over the limit only grows.
@@ -35,13 +36,25 @@ def decode_one(buf: bytes, *, limit: int) -> tuple[bytes, bytes] | None:
         return None
     if not digits:
         raise NetstringError("bad length field")
-    size = int(digits)
-    end = colon + 1 + size
+    return int(digits), colon + 1
+
+
+def decode_one(buf: bytes, *, limit: int) -> tuple[bytes, bytes] | None:
+    """Split one netstring off the front of buf: (payload, rest).
+
+    None while buf may still grow into a valid netstring; NetstringError as
+    soon as it cannot (see parse_length for the length field).
+    """
+    got = parse_length(buf, limit=limit)
+    if got is None:
+        return None
+    size, start = got
+    end = start + size
     if len(buf) <= end:
         return None
     if buf[end : end + 1] != b",":
         raise NetstringError("missing comma")
-    return buf[colon + 1 : end], buf[end + 1 :]
+    return buf[start:end], buf[end + 1 :]
 
 
 def decode_all(buf: bytes, *, limit: int, max_items: int) -> list[bytes]:

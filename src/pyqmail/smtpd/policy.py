@@ -13,13 +13,11 @@ from typing import Protocol
 
 from pyqmail.config import SmtpdConfig
 from pyqmail.formats import envelope as env_fmt
-from pyqmail.formats.control import domain_keys
-from pyqmail.formats.dates import date822
 from pyqmail.ipc.queue_proto import QueueResult
+from pyqmail.net import peer
+from pyqmail.net.peer import Client
 from pyqmail.proto.smtp import server as eng
 from pyqmail.proto.smtp.replies import Reply
-
-RECEIVED_OK = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.@%+/=:-")
 
 
 class Submission(Protocol):
@@ -32,33 +30,8 @@ class Queue(Protocol):
     async def open(self) -> Submission: ...
 
 
-@dataclass(frozen=True, slots=True)
-class Client:
-    remote_ip: str
-    remote_host: str | None = None
-    remote_info: str | None = None
-    local_ip: str | None = None
-    local_host: str | None = None
-    relayclient: str | None = None  # None: unset; "" or text: set (qmail semantics)
-    databytes: int | None = None  # $DATABYTES overrides control/databytes
-
-
-def safe(text: str) -> str:
-    """Received-line fields: anything outside qmail's safe set becomes '?'."""
-    return "".join(ch if ord(ch) < 128 and ord(ch) in RECEIVED_OK else "?" for ch in text)
-
-
 def received_line(client: Client, helo: bytes | None, now: float) -> bytes:
-    host = client.remote_host or "unknown"
-    line = f"Received: from {safe(host)}"
-    if helo is not None:
-        h = helo.decode("utf-8", "replace")
-        if h.lower() != host.lower():
-            line += f" (HELO {safe(h)})"
-    info = f"{safe(client.remote_info)}@" if client.remote_info else ""
-    local = client.local_host or client.local_ip or "unknown"
-    line += f" ({info}{safe(client.remote_ip)})\n  by {safe(local)} with SMTP; {date822(now)}\n"
-    return line.encode()
+    return peer.received_line(client, helo, now, "SMTP")
 
 
 @dataclass(slots=True)
@@ -96,13 +69,7 @@ class SmtpPolicy:
 
     # -- checks -------------------------------------------------------------
     def relay_allowed(self, rcpt: bytes) -> bool:
-        if self.client.relayclient is not None or self.cfg.rcpthosts is None:
-            return True
-        at = rcpt.rfind(b"@")
-        if at < 0:
-            return True  # qmail-send adds envnoathost
-        domain = rcpt[at + 1 :].decode("utf-8", "surrogateescape").lower()
-        return any(k in self.cfg.rcpthosts for k in domain_keys(domain))
+        return peer.relay_allowed(self.client, self.cfg.rcpthosts, rcpt)
 
     def bad_sender(self) -> bool:
         s = self.txn.sender.decode("utf-8", "surrogateescape").lower()

@@ -20,8 +20,9 @@ from pyqmail.config import Home, SmtpdConfig, read_control
 from pyqmail.formats import tcprules
 from pyqmail.ipc.listen import wait_for_stop
 from pyqmail.ipc.queue_proto import AsyncSubmission
+from pyqmail.net.peer import client_for
 from pyqmail.proto.smtp import server as eng
-from pyqmail.smtpd.policy import Client, SmtpPolicy, Submission
+from pyqmail.smtpd.policy import SmtpPolicy, Submission
 from pyqmail.smtpd.session import serve_smtp
 from pyqmail.unix.logfmt import log
 
@@ -34,31 +35,6 @@ class WriterQueue:
 
     async def open(self) -> Submission:
         return await AsyncSubmission.open(self.path, b"network")
-
-
-def client_for(
-    ip: str,
-    local_ip: str | None,
-    rules: dict[str, tcprules.Rule],
-    env: dict[str, str] | None = None,
-) -> Client | None:
-    """Apply tcprules; None means deny. env (tcpserver's) is the fallback source."""
-    values = dict(env or {})
-    rule = tcprules.match(rules, ip)
-    if rule is not None:
-        if not rule.allow:
-            return None
-        values.update(rule.env)
-    databytes = values.get("DATABYTES")
-    return Client(
-        remote_ip=ip,
-        remote_host=values.get("TCPREMOTEHOST"),
-        remote_info=values.get("TCPREMOTEINFO"),
-        local_ip=local_ip,
-        local_host=values.get("TCPLOCALHOST"),
-        relayclient=values.get("RELAYCLIENT"),
-        databytes=int(databytes) if databytes and databytes.isdigit() else None,
-    )
 
 
 class SmtpListener:

@@ -13,10 +13,11 @@ import asyncio
 import os
 
 from pyqmail.config import Home, SmtpdConfig
+from pyqmail.net.peer import client_for
 from pyqmail.net.stdio import FdReader, FdWriter
 from pyqmail.proto.smtp import server as eng
 from pyqmail.smtpd.policy import SmtpPolicy
-from pyqmail.smtpd.server import WriterQueue, client_for
+from pyqmail.smtpd.server import WriterQueue
 from pyqmail.smtpd.session import serve_smtp
 from pyqmail.unix.logfmt import set_component
 

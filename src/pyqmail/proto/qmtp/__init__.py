@@ -1,0 +1,1 @@
+"""QMTP and QMQP: netstring protocols, sans-IO (qmail-protocols §7)."""
