@@ -73,6 +73,12 @@ class RunningMta:
         mess_empty = all(not any((q / "mess" / str(n)).iterdir()) for n in range(23))
         return mess_empty and not any((q / "todo").iterdir())
 
+    def port(self, listener: str) -> int:
+        """The port a listener got (``--qmtp 127.0.0.1:0`` and the like)."""
+        m = re.search(rf"{listener} listening on 127\.0\.0\.1:(\d+)", self.log())
+        assert m, f"no {listener} listener in the log"
+        return int(m.group(1))
+
     def stop(self, timeout: float = 10) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -87,11 +93,20 @@ def init_home(home: Path, *extra: str) -> None:
     write_control(home, "resolvers", "127.0.0.1:9\n")
 
 
-def start_mta(home: Path) -> RunningMta:
+def start_mta(home: Path, *extra: str) -> RunningMta:
     log_path = home / "log" / "pyqmail.log"
     log_fh = open(log_path, "ab")  # noqa: SIM115 - the child owns it
     proc = subprocess.Popen(
-        [str(BIN / "pyqmail"), "start", "--home", str(home), "--smtp", "127.0.0.1:0"],
+        [
+            str(BIN / "pyqmail"),
+            "start",
+            "--home",
+            str(home),
+            "--smtp",
+            "127.0.0.1:0",
+            *("--qmtp", "off", "--qmqp", "off"),  # fixed default ports: opt in per test
+            *extra,
+        ],
         stdout=log_fh,
         stderr=log_fh,
         stdin=subprocess.DEVNULL,
@@ -106,15 +121,21 @@ def start_mta(home: Path) -> RunningMta:
         m = re.search(r"smtp listening on 127\.0\.0\.1:(\d+)", text)
         if m:
             mta.smtp_port = int(m.group(1))
-        return bool(m) and "smtpd ready" in text and "queue writer ready" in text
+        listeners = [p for p in ("qmtp", "qmqp") if f"{p} listening on" in text]
+        return (
+            bool(m)
+            and "smtpd ready" in text
+            and "queue writer ready" in text
+            and all(f"{p}d ready" in text for p in listeners)
+        )
 
     wait_until(ready, 20, "pyqmail to start")
     return mta
 
 
 @contextlib.contextmanager
-def running_mta(home: Path) -> Iterator[RunningMta]:
-    mta = start_mta(home)
+def running_mta(home: Path, *extra: str) -> Iterator[RunningMta]:
+    mta = start_mta(home, *extra)
     try:
         yield mta
     finally:

@@ -194,3 +194,61 @@ class InjectConfig:
             plusdomain=_line_or_me(home, "plusdomain", "plusdomain"),
             idhost=_line_or_me(home, "idhost", "idhost"),
         )
+
+
+QMQP_PORT = 628
+
+
+def parse_server(entry: str, default_port: int) -> tuple[str, int] | None:
+    """``IP``, ``IP:PORT`` or ``[IPv6]:PORT``; None when the line is not one."""
+    import ipaddress
+
+    host, port = entry, default_port
+    if entry.startswith("["):
+        host, _, rest = entry[1:].partition("]")
+        if rest:
+            if not rest.startswith(":") or not rest[1:].isdigit():
+                return None
+            port = int(rest[1:])
+    elif entry.count(":") == 1:
+        host, _, p = entry.partition(":")
+        if not p.isdigit():
+            return None
+        port = int(p)
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    return (host, port) if 0 < port < 65536 else None
+
+
+@dataclass(frozen=True, slots=True)
+class QmqpcConfig:
+    """qmail-qmqpc and mini mode: the QMQP servers, tried in order."""
+
+    servers: tuple[tuple[str, int], ...]
+
+    @classmethod
+    def load(cls, home: Home) -> QmqpcConfig:
+        path = home.control("qmqpservers")
+        servers = []
+        for number, line in enumerate((read_control(home, "qmqpservers") or "").split("\n"), 1):
+            entry = line.strip()
+            if not entry or entry.startswith("#"):
+                continue
+            server = parse_server(entry, QMQP_PORT)
+            if server is None:
+                raise control.ControlError(path, number, f"{entry!r} is not IP or IP:PORT")
+            servers.append(server)
+        return cls(tuple(servers))
+
+
+@dataclass(frozen=True, slots=True)
+class QmtpConfig:
+    """The QMTP client: control/qmtproutes (``domain:relay[:port]``, as smtproutes)."""
+
+    qmtproutes: dict[str, str]
+
+    @classmethod
+    def load(cls, home: Home) -> QmtpConfig:
+        return cls(control.parse_colon_map(read_control(home, "qmtproutes")))

@@ -159,7 +159,8 @@ def test_oversize_message_is_read_dropped_and_flagged() -> None:
     chunks = b"".join(e.data for e in events if isinstance(e, MessageChunk))
     assert len(chunks) == 100
     (pkg,) = [e for e in events if isinstance(e, Package)]
-    assert pkg.too_big and pkg.size == 101
+    assert pkg.too_big
+    assert pkg.size == 101
 
 
 def test_exactly_at_the_limit_is_not_too_big() -> None:

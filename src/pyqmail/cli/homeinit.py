@@ -17,6 +17,11 @@ DEFAULT_TCPRULES = (
     ":allow\n"
 )
 
+# QMQP has no relay control at all (qmail-programs §3): only loopback may use it
+DEFAULT_TCPRULES_QMQP = (
+    "# first matching line wins (tcprules format)\n127.:allow\n::1:allow\n:deny\n"
+)
+
 
 def _write_new(path: str, text: str, mode: int = 0o644) -> bool:
     """Create path with text unless it exists. True if written."""
@@ -53,6 +58,8 @@ def init_home(home: Home, me: str) -> list[str]:
         "rcpthosts": f"{me}\n",
         "defaultdelivery": "./Maildir/\n",
         "tcprules.smtp": DEFAULT_TCPRULES,
+        "tcprules.qmtp": DEFAULT_TCPRULES,
+        "tcprules.qmqp": DEFAULT_TCPRULES_QMQP,
     }
     for name, text in controls.items():
         if _write_new(home.control(name), text):

@@ -6,13 +6,21 @@ import argparse
 import os
 import sys
 
-from pyqmail.config import Home, RemoteConfig, SendConfig, SmtpdConfig, read_control
+from pyqmail.config import (
+    Home,
+    QmqpcConfig,
+    QmtpConfig,
+    RemoteConfig,
+    SendConfig,
+    SmtpdConfig,
+    read_control,
+)
 from pyqmail.controlfiles import check_controls
 from pyqmail.formats.assign import parse_assign
 from pyqmail.formats.control import ControlError
 from pyqmail.layout import queue_ok
 
-UNIMPLEMENTED_LISTENERS = ("submission", "qmtp", "qmqp", "pop3")
+UNIMPLEMENTED_LISTENERS = ("submission", "pop3")
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -70,7 +78,13 @@ def check_home(home: Home) -> list[str]:
         pwfile.load(home.root)
     except (ControlError, OSError) as exc:
         problems.append(str(exc))
-    for loader in (SendConfig.load, SmtpdConfig.load, RemoteConfig.load):
+    for loader in (
+        SendConfig.load,
+        SmtpdConfig.load,
+        RemoteConfig.load,
+        QmqpcConfig.load,
+        QmtpConfig.load,
+    ):
         try:
             loader(home)
         except (ControlError, OSError, ValueError) as exc:
@@ -102,7 +116,15 @@ def cmd_start(args: argparse.Namespace) -> int:
                 f"--{name} {getattr(args, name)} ignored",
                 file=sys.stderr,
             )
-    return Supervisor(home, [s for s in smtp if s is not None]).run()
+    qmtp = [] if args.qmtp == "off" else [parse_listen(v, 209) for v in args.qmtp.split(",")]
+    qmqp = [] if args.qmqp == "off" else [parse_listen(v, 628) for v in args.qmqp.split(",")]
+    return Supervisor(
+        home,
+        [s for s in smtp if s is not None],
+        qmtp=[s for s in qmtp if s is not None],
+        qmqp=[s for s in qmqp if s is not None],
+        mini=args.mini,
+    ).run()
 
 
 def cmd_passwd(args: argparse.Namespace) -> int:
@@ -132,9 +154,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--home")
     p.add_argument("--smtp", default="127.0.0.1:2525")
     p.add_argument("--submission", default="off")
-    p.add_argument("--qmtp", default="off")
-    p.add_argument("--qmqp", default="off")
+    p.add_argument("--qmtp", default="127.0.0.1:2209")
+    p.add_argument("--qmqp", default="127.0.0.1:2628")
     p.add_argument("--pop3", default="off")
+    p.add_argument(
+        "--mini", action="store_true", help="no queue: hand every message to control/qmqpservers"
+    )
     p.set_defaults(func=cmd_start)
     p = sub.add_parser("passwd", help="set a virtual user's password (one line on stdin)")
     p.add_argument("name")

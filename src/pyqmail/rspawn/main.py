@@ -12,13 +12,14 @@ from __future__ import annotations
 import asyncio
 import re
 
-from pyqmail.config import Home, RemoteConfig
+from pyqmail.config import Home, QmtpConfig, RemoteConfig
 from pyqmail.formats import netstring
 from pyqmail.formats.address import domain_of
 from pyqmail.ipc.frames import pack, read_frame
 from pyqmail.ipc.listen import serve_unix_until_stopped
+from pyqmail.remote import qmtp
 from pyqmail.remote.route import make_resolver
-from pyqmail.remote.smtp import RemoteJob, deliver
+from pyqmail.remote.smtp import RemoteJob
 from pyqmail.unix.logfmt import log
 
 MESSPATH_RE = re.compile(rb"\A[0-9]{1,3}/[0-9]{1,20}\Z")
@@ -31,6 +32,7 @@ class RSpawner:
         self.home = home
         self.cfg = RemoteConfig.load(home)
         self.resolver = make_resolver(self.cfg)
+        self.qmtp_cfg = QmtpConfig.load(home)
         self.tasks: set[asyncio.Task[None]] = set()
 
     async def client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -64,7 +66,8 @@ class RSpawner:
                 self.home.q("mess", fields[1].decode()), fields[2], rcpts, domain_of(rcpts[0])
             )
             try:
-                reports = await deliver(job, self.cfg, self.resolver)
+                # QMTP where qmtproutes or MXPS say so, falling back to SMTP
+                reports = await qmtp.deliver(job, self.cfg, self.resolver, self.qmtp_cfg)
             except Exception as exc:  # a bug here must defer, not lose, the mail
                 log(f"warning: remote delivery crashed: {exc!r}")
                 reports = [b"ZUnable to run qmail-remote. (#4.3.0)"] * len(rcpts)

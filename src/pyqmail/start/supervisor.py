@@ -21,7 +21,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from pyqmail.config import Home, RemoteConfig, SendConfig, SmtpdConfig
+from pyqmail.config import Home, QmqpcConfig, RemoteConfig, SendConfig, SmtpdConfig
 from pyqmail.layout import queue_ok
 from pyqmail.unix import accounts
 from pyqmail.unix.limits import limiter
@@ -82,9 +82,19 @@ def bind_unix(path: str) -> socket.socket:
 
 
 class Supervisor:
-    def __init__(self, home: Home, smtp: list[tuple[str, int]]) -> None:
+    def __init__(
+        self,
+        home: Home,
+        smtp: list[tuple[str, int]],
+        qmtp: list[tuple[str, int]] | None = None,
+        qmqp: list[tuple[str, int]] | None = None,
+        mini: bool = False,
+    ) -> None:
         self.home = home
         self.smtp = smtp
+        self.qmtp = qmtp or []
+        self.qmqp = qmqp or []
+        self.mini = mini  # no queue here: the queue writer's socket forwards over QMQP
         self.components: list[Component] = []
         self.sockets: list[socket.socket] = []
         self.stopping = False
@@ -103,6 +113,8 @@ class Supervisor:
                     f"pyqmail start: the qmail users cannot enter {blocked}, on the way to "
                     "Python or pyqmail; install pyqmail where they can (e.g. /opt or /usr/local)"
                 )
+        if self.mini and not QmqpcConfig.load(self.home).servers:
+            raise SystemExit(f"pyqmail start --mini: {self.home.control('qmqpservers')} is empty")
 
     def lock(self) -> int:
         fd = os.open(self.home.q("lock", "sendmutex"), os.O_RDWR | os.O_CREAT, 0o600)
@@ -128,6 +140,18 @@ class Supervisor:
             Component("rspawn", [*base, "pyqmail.rspawn", *home]),
             Component("send", [*base, "pyqmail.send", *home]),
         ]
+        if self.mini:
+            # a mini-qmail node: the writer's socket hands each message to QMQP
+            self.components = [
+                Component(
+                    "queue",
+                    [*base, "pyqmail.qmqpc", *home, "--fd", str(wsock.fileno())],
+                    [wsock.fileno()],
+                )
+            ]
+        for proto, addrs in (("qmtp", self.qmtp), ("qmqp", self.qmqp)):
+            if addrs:
+                self.add_listener(f"{proto}d", addrs, ["pyqmail.qmtpd", "--proto", proto])
         if self.smtp:
             socks = [bind_tcp(h, p) for h, p in self.smtp]
             self.sockets.extend(socks)
@@ -142,6 +166,17 @@ class Supervisor:
                     "smtpd", [*base, "pyqmail.smtpd", *home, *fd_args], [s.fileno() for s in socks]
                 )
             )
+
+    def add_listener(self, name: str, addrs: list[tuple[str, int]], module: list[str]) -> None:
+        socks = [bind_tcp(h, p) for h, p in addrs]
+        self.sockets.extend(socks)
+        fd_args: list[str] = []
+        for s in socks:
+            host, port = s.getsockname()[:2]
+            log(f"status: {name[:-1]} listening on {host}:{port}")
+            fd_args += ["--fd", str(s.fileno())]
+        args = [sys.executable, "-m", *module, "--home", self.home.root, *fd_args]
+        self.components.append(Component(name, args, [s.fileno() for s in socks]))
 
     def spawn(self, comp: Component) -> None:
         # the uid is set between fork and exec, so a component never runs a
@@ -180,7 +215,7 @@ class Supervisor:
     def stop(self) -> None:
         self.stopping = True
         # the listeners first, so nothing new arrives while the queue drains
-        order = sorted(self.components, key=lambda c: c.name != "smtpd")
+        order = sorted(self.components, key=lambda c: c.name not in ("smtpd", "qmtpd", "qmqpd"))
         for comp in order:
             if comp.proc is not None and comp.proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):

@@ -1,0 +1,1 @@
+"""qmqpc: qmail-qmqpc, and the mini-qmail node's QMQP forwarder."""

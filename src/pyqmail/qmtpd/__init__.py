@@ -1,0 +1,1 @@
+"""qmtpd: qmail-qmtpd and qmail-qmqpd."""
