@@ -75,9 +75,9 @@ class RunningMta:
 
     def port(self, listener: str) -> int:
         """The port a listener got (``--qmtp 127.0.0.1:0`` and the like)."""
-        m = re.search(rf"{listener} listening on 127\.0\.0\.1:(\d+)", self.log())
-        assert m, f"no {listener} listener in the log"
-        return int(m.group(1))
+        ports = re.findall(rf"{listener} listening on 127\.0\.0\.1:(\d+)", self.log())
+        assert ports, f"no {listener} listener in the log"
+        return int(ports[-1])  # the latest start: a restarted MTA appends to its log
 
     def stop(self, timeout: float = 10) -> int:
         if self.proc.poll() is None:
@@ -95,6 +95,8 @@ def init_home(home: Path, *extra: str) -> None:
 
 def start_mta(home: Path, *extra: str) -> RunningMta:
     log_path = home / "log" / "pyqmail.log"
+    # a restarted MTA appends to the same log: readiness is judged on the new part
+    offset = log_path.stat().st_size if log_path.exists() else 0
     log_fh = open(log_path, "ab")  # noqa: SIM115 - the child owns it
     proc = subprocess.Popen(
         [
@@ -117,7 +119,7 @@ def start_mta(home: Path, *extra: str) -> RunningMta:
     def ready() -> bool:
         if proc.poll() is not None:
             raise AssertionError(f"pyqmail start exited {proc.returncode}:\n{mta.log()}")
-        text = mta.log()
+        text = log_path.read_bytes()[offset:].decode(errors="replace")
         m = re.search(r"smtp listening on 127\.0\.0\.1:(\d+)", text)
         if m:
             mta.smtp_port = int(m.group(1))
