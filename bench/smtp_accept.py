@@ -131,7 +131,10 @@ def run_once(n: int, conc: int, size: int) -> dict[str, float]:
     (home / "control" / "resolvers").write_text("127.0.0.1:9\n")
     log = open(tmp / "log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(
-        [str(BIN / "pyqmail"), "start", "--home", str(home), "--smtp", "127.0.0.1:0"],
+        [
+            *(str(BIN / "pyqmail"), "start", "--home", str(home), "--smtp", "127.0.0.1:0"),
+            *("--qmtp", "off", "--qmqp", "off"),  # SMTP only; fixed ports would collide
+        ],
         stdout=log,
         stderr=log,
     )
