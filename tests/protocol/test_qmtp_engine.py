@@ -229,10 +229,16 @@ def _run_to_end(engine: _Engine, wire: bytes, step: int) -> None:
             return
 
 
+def some_bytes(max_size: int) -> st.SearchStrategy[bytes]:
+    """Any bytes, empty included, though the drawn choice never is b"": python -bb
+    turns hypothesis's cache comparing b"" with 0 (equal hashes) into an error."""
+    return st.binary(min_size=1, max_size=max_size + 1).map(lambda b: b[1:])
+
+
 netstringish = st.lists(
     st.one_of(
-        st.binary(max_size=30),
-        st.binary(max_size=30).map(encode),
+        some_bytes(30),
+        some_bytes(30).map(encode),
         st.sampled_from([b":", b",", b"0:,", b"\n", b"\r", b"00:", b"1:", b"9999:"]),
     ),
     max_size=12,
@@ -252,9 +258,9 @@ def test_garbage_gives_only_protocol_errors(wire: bytes, step: int, qmtp: bool) 
 
 @settings(max_examples=150)
 @given(
-    st.binary(max_size=200),
-    st.binary(max_size=40),
-    st.lists(st.binary(max_size=40), max_size=5),
+    some_bytes(200),
+    some_bytes(40),
+    st.lists(some_bytes(40), max_size=5),
     st.integers(min_value=1, max_value=50),
 )
 def test_any_valid_package_round_trips(
