@@ -20,13 +20,14 @@ import pytest
 
 from pyqmail.formats.envelope import Envelope, format_wire
 from pyqmail.formats.netstring import encode
-from pyqmail.proto.qmtp.client import ResponseReader, qmtp_package
+from pyqmail.proto.qmtp.client import ResponseReader, qmqp_frame, qmtp_package
 from tests.harness import (
     BIN,
     RunningMta,
     environ_with_home,
     init_home,
     mta_with_sink,
+    pyqmail,
     running_mta,
     wait_until,
     write_control,
@@ -59,16 +60,19 @@ def exchange(port: int, wire: bytes, responses: int) -> list[tuple[str, bytes]]:
     got: list[tuple[str, bytes]] = []
     reader = ResponseReader()
     with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
-        s.sendall(wire)
-        while len(got) < responses:
-            r = reader.next_response()
-            if r is not None:
-                got.append((r.status, r.text))
-                continue
-            data = s.recv(65536)
-            if not data:
-                break
-            reader.receive_data(data)
+        try:
+            s.sendall(wire)
+            while len(got) < responses:
+                r = reader.next_response()
+                if r is not None:
+                    got.append((r.status, r.text))
+                    continue
+                data = s.recv(65536)
+                if not data:
+                    break
+                reader.receive_data(data)
+        except (ConnectionResetError, BrokenPipeError):
+            pass  # a dropped connection: whatever was answered stands
     return got
 
 
@@ -292,9 +296,11 @@ def test_mini_node_with_every_server_down_says_451_and_keeps_nothing(
         assert b"connection to mail server rejected" in text
 
 
-def test_qmail_qmtpd_under_tcpserver(server: RunningMta) -> None:
-    """qmail-qmtpd on fd 0/1 under a real tcpserver, as qmail runs it; tcpserver's
-    TCPREMOTEIP reaches the Received line, RELAYCLIENT comes from its environment."""
+@pytest.mark.parametrize("program", ["qmail-qmtpd", "qmail-qmqpd"])
+def test_under_tcpserver(server: RunningMta, program: str) -> None:
+    """qmail-qmtpd / qmail-qmqpd on fd 0/1 under a real tcpserver, as qmail runs
+    them; tcpserver's TCPREMOTEIP reaches the Received line; without RELAYCLIENT
+    in its environment QMTP checks rcpthosts, QMQP (trusted clients) does not."""
     if shutil.which("tcpserver") is None:
         pytest.skip("ucspi-tcp not installed (make test installs it when root)")
     with socket.socket() as s:
@@ -302,11 +308,12 @@ def test_qmail_qmtpd_under_tcpserver(server: RunningMta) -> None:
         port = int(s.getsockname()[1])
     env = environ_with_home(server.home)
     proc = subprocess.Popen(
-        ["tcpserver", "-R", "-H", "127.0.0.1", str(port), str(BIN / "qmail-qmtpd")],
+        ["tcpserver", "-R", "-H", "127.0.0.1", str(port), str(BIN / program)],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+    rcpts = [b"postmaster@b.example", b"x@elsewhere.example"]
     try:
 
         def listening() -> bool:
@@ -314,18 +321,50 @@ def test_qmail_qmtpd_under_tcpserver(server: RunningMta) -> None:
                 return c.connect_ex(("127.0.0.1", port)) == 0
 
         wait_until(listening, 10, "tcpserver to listen")
-        wire = qmtp_package(
-            BODY, b"a@example.org", [b"postmaster@b.example", b"x@elsewhere.example"]
-        )
-        got = exchange(port, wire + wire, 4)
-        assert [s for s, _t in got] == ["K", "D", "K", "D"]
-        assert got[1][1] == b"sorry, that domain isn't in my list of allowed rcpthosts (#5.7.1)"
-        raws = delivered(server, 2)
+        if program == "qmail-qmtpd":
+            wire = qmtp_package(BODY, b"a@example.org", rcpts)
+            got = exchange(port, wire + wire, 4)
+            assert [s for s, _t in got] == ["K", "D", "K", "D"]
+            assert got[1][1] == b"sorry, that domain isn't in my list of allowed rcpthosts (#5.7.1)"
+            proto, count = "QMTP", 2
+        else:
+            prefix, suffix = qmqp_frame(len(BODY), b"a@example.org", rcpts[:1])
+            assert exchange(port, prefix + BODY + suffix, 1)[0][0] == "K"
+            proto, count = "QMQP", 1
+        raws = delivered(server, count)
     finally:
         proc.terminate()
         proc.wait(10)
     received = email.message_from_bytes(raws[0]).get_all("Received") or []
-    assert any("(127.0.0.1)" in r and "by 127.0.0.1 with QMTP" in r for r in received), received
+    assert any(f"(127.0.0.1)\n  by 127.0.0.1 with {proto}" in r for r in received), received
+
+
+def test_qmqp_listener_spec_example_rules_and_garbage(server: RunningMta) -> None:
+    """§7.3's request shape byte for byte; one answer, then the server closes;
+    a malformed request gets no answer; tcprules.qmqp can shut a client out."""
+    port = server.port("qmqp")
+    example = b"64:19:Subject: hi\n\nhello\n,13:a@example.org,20:postmaster@b.example,,"
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.sendall(example)
+        reply = b""
+        while chunk := s.recv(4096):  # the server closes after its one answer
+            reply += chunk
+    assert reply.endswith(b",")
+    assert b":Kok " in reply
+    assert body_of(delivered(server)[0]) == b"Subject: hi\n\nhello\n"
+    assert exchange(port, b"64:019:", 1) == []  # leading zero: dropped
+    write_control(server.home, "tcprules.qmqp", "127.0.0.1:deny\n:allow\n")
+    server.stop()
+    with running_mta(server.home, "--qmqp", "127.0.0.1:0") as again:
+        assert exchange(again.port("qmqp"), example, 1) == []
+
+
+def test_mini_without_qmqpservers_refuses_to_start(tmp_path: Path) -> None:
+    home = tmp_path / "mini"
+    init_home(home)
+    res = pyqmail("start", "--home", str(home), "--mini", "--smtp", "off", "--qmtp", "off")
+    assert res.returncode != 0
+    assert "qmqpservers is empty" in res.stderr
 
 
 def test_qmtp_route_down_falls_back_to_smtp(tmp_path: Path, dead_port: int) -> None:
