@@ -7,12 +7,14 @@ program with its fds, and qmail-qmtpd under a real tcpserver.
 
 from __future__ import annotations
 
+import contextlib
 import email
 import os
 import shutil
 import smtplib
 import socket
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -378,3 +380,55 @@ def test_qmtp_route_down_falls_back_to_smtp(tmp_path: Path, dead_port: int) -> N
         wait_until(lambda: bool(sink.messages), 30, "the SMTP fallback delivery")
     assert sink.messages[0].rcpts == [b"someone@example.net"]
     assert sink.messages[0].data.endswith(BODY.replace(b"\n", b"\r\n"))
+
+
+@contextlib.contextmanager
+def z_server() -> Iterator[int]:
+    """A QMQP server that takes nothing: it answers every request with Z."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    listener.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _peer = listener.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.settimeout(10)
+                data = b""
+                while not data.endswith(b",,"):  # the end of a request's last netstring
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        break
+                    data += chunk
+                conn.sendall(encode(b"Zdisk full here, try another server (#4.3.0)"))
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield int(listener.getsockname()[1])
+    finally:
+        stop.set()
+        thread.join(5)
+        listener.close()
+
+
+def test_qmqpc_moves_on_after_a_z(server: RunningMta, tmp_path: Path, dead_port: int) -> None:
+    """A Z means the server kept nothing: the next server in the pool gets the message.
+    With only Z and dead servers left, the exit is 71 (the Z), not 73."""
+    client = tmp_path / "client"
+    (client / "control").mkdir(parents=True)
+    env = format_wire(Envelope(b"a@example.org", (b"postmaster@b.example",)))
+    with z_server() as zport:
+        write_control(client, "qmqpservers", f"127.0.0.1:{zport}\n127.0.0.1:{dead_port}\n")
+        assert run_qmqpc(client, BODY, env) == 71
+        write_control(
+            client, "qmqpservers", f"127.0.0.1:{zport}\n127.0.0.1:{server.port('qmqp')}\n"
+        )
+        assert run_qmqpc(client, BODY, env) == 0
+    (raw,) = delivered(server)
+    assert body_of(raw) == BODY

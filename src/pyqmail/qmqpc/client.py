@@ -1,9 +1,11 @@
 """Hand one message to the first QMQP server that answers (qmail-qmqpc's doit).
 
-Servers are tried in control/qmqpservers order; only a connection that
-cannot be made moves on to the next one. Once a server has the message its
-answer is final, as in qmail-qmqpc: a retry elsewhere after the message was
-sent could deliver it twice. Results carry qmail-queue's exit codes
+Servers are tried in control/qmqpservers order. A connection that cannot
+be made, or a Z (the server did not take the message), moves on to the next
+one; qmail-qmqpc stops at a Z, but a Z promises nothing was queued, so
+trying the rest of the pool cannot duplicate mail. K and D are final, and so
+is a conversation that broke after the message was sent: a retry elsewhere
+could deliver it twice. Results carry qmail-queue's exit codes
 (qmail-protocols §1.1): 0 K, 31 D, 71 Z, 72/73 no connection, 74 the
 conversation failed.
 """
@@ -111,16 +113,20 @@ async def send_qmqp(
         try:
             async with asyncio.timeout(connect_timeout):
                 reader, writer = await asyncio.open_connection(host, port)
-        except TimeoutError:
-            result = QmqpResult(72, "connection to mail server timed out (#4.4.1)", where)
-            continue
-        except OSError:
-            result = QmqpResult(73, "connection to mail server rejected (#4.4.1)", where)
+        except (TimeoutError, OSError) as exc:
+            if result.code != 71:  # a server's own Z says more than a dead one
+                result = (
+                    QmqpResult(72, "connection to mail server timed out (#4.4.1)", where)
+                    if isinstance(exc, TimeoutError)
+                    else QmqpResult(73, "connection to mail server rejected (#4.4.1)", where)
+                )
             continue
         try:
             message.seek(start)
             got = await _exchange(reader, writer, message, size, sender, recipients, io_timeout)
-            return QmqpResult(got.code, got.text, where)
+            result = QmqpResult(got.code, got.text, where)
+            if got.code != 71:
+                return result
         except (TimeoutError, OSError, NetstringError):
             return QmqpResult(74, "communication with mail server failed (#4.4.2)", where)
         finally:
