@@ -18,7 +18,7 @@ from pyqmail.proto.qmtp.events import (
     Recipient,
     RemoteProtocolError,
 )
-from pyqmail.proto.qmtp.server import QMQPServer, QMTPServer, _Engine
+from pyqmail.proto.qmtp.server import PackageEngine, QMQPServer, QMTPServer
 from pyqmail.proto.qmtp.stream import NetstringStream
 
 MSG = b"Subject: hi\n\nhello\n"
@@ -29,7 +29,7 @@ QMTP_EXAMPLE = (
 QMQP_EXAMPLE = b"57:19:Subject: hi\n\nhello\n,13:a@example.org,13:b@example.net,,"
 
 
-def drive(engine: _Engine, *pieces: bytes, eof: bool = True) -> list[object]:
+def drive(engine: PackageEngine, *pieces: bytes, eof: bool = True) -> list[object]:
     """Feed pieces one by one, collecting events; merge adjacent chunks."""
     events: list[object] = []
     feed = [p for p in pieces if p]  # b"" is EOF: only ever at the end
@@ -217,7 +217,7 @@ def test_stream_container_accounting() -> None:
 # -- untrusted bytes: hypothesis --------------------------------------------------
 
 
-def _run_to_end(engine: _Engine, wire: bytes, step: int) -> None:
+def _run_to_end(engine: PackageEngine, wire: bytes, step: int) -> None:
     for i in range(0, len(wire), step):
         engine.receive_data(wire[i : i + step])
         while not isinstance(engine.next_event(), type(NEED_DATA) | ConnectionClosed):
@@ -249,7 +249,7 @@ netstringish = st.lists(
 @given(netstringish, st.integers(min_value=1, max_value=7), st.booleans())
 def test_garbage_gives_only_protocol_errors(wire: bytes, step: int, qmtp: bool) -> None:
     """Malformed input: the engine raises RemoteProtocolError or ends, nothing else."""
-    engine: _Engine = QMTPServer(max_message_bytes=50) if qmtp else QMQPServer(50)
+    engine: PackageEngine = QMTPServer(max_message_bytes=50) if qmtp else QMQPServer(50)
     try:
         _run_to_end(engine, wire, step)
     except RemoteProtocolError:
@@ -288,3 +288,13 @@ def test_any_valid_package_round_trips(
         assert pkg.sender == sender
         assert [r.address for r in pkg.recipients] == rcpts
         assert all(r.acceptable == (b"\0" not in r.address) for r in pkg.recipients)
+
+
+def test_too_many_recipients_is_dropped_unanswered() -> None:
+    """Every recipient is owed an answer, so the count is bounded: past it the
+    package is a protocol error (no answer = temporary failure for the client)."""
+    wire = qmtp_package(MSG, b"a@b", [b"r%d@example.net" % i for i in range(4)])
+    with pytest.raises(RemoteProtocolError):
+        drive(QMTPServer(max_recipients=3), wire)
+    events = drive(QMTPServer(max_recipients=4), wire)
+    assert any(isinstance(e, Package) for e in events)

@@ -25,6 +25,7 @@ from pyqmail.proto.qmtp.server import QMQPServer, QMTPServer
 from pyqmail.qmtpd.policy import PackagePolicy
 
 READ_BYTES = 65536
+MAX_MESSAGE_BYTES = 1 << 31  # the queue writer refuses larger messages
 CONNECTION_S = 3600  # qmail-qmtpd's alarm: a connection lasts at most an hour (§7.2)
 
 
@@ -42,7 +43,9 @@ async def serve_packages(
     reader: Reader, writer: Writer, policy: PackagePolicy, timeout: float
 ) -> int:
     qmtp = policy.protocol == "QMTP"
-    engine = (QMTPServer if qmtp else QMQPServer)(policy.databytes)
+    # without databytes the queue writer's own limit still holds; refusing
+    # past it here gives the D as a size refusal instead of a broken stream
+    engine = (QMTPServer if qmtp else QMQPServer)(policy.databytes or MAX_MESSAGE_BYTES)
     deadline = time.monotonic() + CONNECTION_S
     try:
         while True:

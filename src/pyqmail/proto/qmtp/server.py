@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from enum import Enum, auto
 
-from pyqmail.formats.envelope import MAX_ADDRESS_BYTES, MAX_RECIPIENTS
+from pyqmail.formats.envelope import MAX_ADDRESS_BYTES
 from pyqmail.formats.netstring import NetstringError, encode
 from pyqmail.proto.qmtp.events import (
     NEED_DATA,
@@ -33,6 +33,10 @@ from pyqmail.proto.qmtp.events import (
 from pyqmail.proto.qmtp.stream import NetstringStream
 
 MAX_RESPONSE_TEXT = 1000
+# Each recipient is owed its own answer, so extra ones cannot just be refused:
+# a package with more is dropped unanswered, which the client takes as a
+# temporary failure (§7.2) and may retry in smaller packages.
+MAX_RECIPIENTS = 10_000
 
 
 class State(Enum):
@@ -52,11 +56,12 @@ class State(Enum):
     DONE = auto()  # QMQP: one package per connection
 
 
-class _Engine:
+class PackageEngine:
     qmtp: bool
 
-    def __init__(self, max_message_bytes: int = 0) -> None:
+    def __init__(self, max_message_bytes: int = 0, max_recipients: int = MAX_RECIPIENTS) -> None:
         self.max_message_bytes = max_message_bytes  # 0: no limit (control/databytes)
+        self.max_recipients = max_recipients
         self.stream = NetstringStream()
         self.state = State.PACKAGE
         self.closed = False
@@ -213,8 +218,8 @@ class _Engine:
             if st is State.RCPT_COMMA:
                 if not s.read_comma():
                     return self._need()
-                if len(self._rcpts) >= MAX_RECIPIENTS:
-                    raise NetstringError(f"more than {MAX_RECIPIENTS} recipients")
+                if len(self._rcpts) >= self.max_recipients:
+                    raise NetstringError(f"more than {self.max_recipients} recipients")
                 self._rcpts.append(Recipient(bytes(self._addr), self._addr_ok))
                 self.state = State.RCPT
                 continue
@@ -246,13 +251,13 @@ class _Engine:
         return Package(self._sender, self._sender_ok, tuple(self._rcpts), too_big, self._size)
 
 
-class QMTPServer(_Engine):
+class QMTPServer(PackageEngine):
     """Several packages per connection; one response per recipient each."""
 
     qmtp = True
 
 
-class QMQPServer(_Engine):
+class QMQPServer(PackageEngine):
     """One outer netstring, one response, then the connection is done."""
 
     qmtp = False
