@@ -14,7 +14,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from pyqmail.config import Home, read_control
+from pyqmail.config import QMQP_PORT, Home, parse_server, read_control
 from pyqmail.formats import control
 from pyqmail.formats.control import ControlError
 from pyqmail.formats.tcprules import parse_rules
@@ -97,6 +97,12 @@ def _resolver(line: str) -> str | None:
     except ValueError:
         return f"{host!r} is not an IP address"
     return _port(port) if port else None
+
+
+def _qmqp_server(line: str) -> str | None:
+    if parse_server(line, QMQP_PORT) is None:
+        return f"{line!r} is not IP, IP:PORT or [IPv6]:PORT"
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,6 +331,25 @@ CONTROL_FILES: tuple[ControlFile, ...] = (
         check=_host,
     ),
     ControlFile(
+        "qmqpservers",
+        "list",
+        "qmqpc",
+        "QMQP servers tried in order (qmail-qmqpc, pyqmail start --mini); IP or IP:PORT",
+        "No QMQP servers.",
+        pre="QMQP server: ",
+        post=".",
+        check=_qmqp_server,
+    ),
+    ControlFile(
+        "qmtproutes",
+        "list",
+        "remote",
+        "domains delivered over QMTP, domain:relay[:port] (port 209)",
+        "No QMTP routes.",
+        pre="QMTP route: ",
+        check=_smtproute,
+    ),
+    ControlFile(
         "queuelifetime",
         "int",
         "send",
@@ -382,6 +407,22 @@ CONTROL_FILES: tuple[ControlFile, ...] = (
         "No artificial SMTP routes.",
         pre="SMTP route: ",
         check=_smtproute,
+    ),
+    ControlFile(
+        "tcprules.qmqp",
+        "rules",
+        "qmqpd",
+        "who may use QMQP, which has no relay control (tcprules text)",
+        "Allow 127.0.0.1 and ::1, deny everyone else.",
+        pre="QMQP access rule: ",
+    ),
+    ControlFile(
+        "tcprules.qmtp",
+        "rules",
+        "qmtpd",
+        "who may connect to QMTP and relay (tcprules text; first matching line wins)",
+        "Allow 127.0.0.1 and ::1 to relay, and anyone else to connect.",
+        pre="QMTP access rule: ",
     ),
     ControlFile(
         "tcprules.smtp",

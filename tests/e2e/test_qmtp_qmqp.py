@@ -432,3 +432,27 @@ def test_qmqpc_moves_on_after_a_z(server: RunningMta, tmp_path: Path, dead_port:
         assert run_qmqpc(client, BODY, env) == 0
     (raw,) = delivered(server)
     assert body_of(raw) == BODY
+
+
+def test_qmail_inject_through_qmqpc(server: RunningMta, tmp_path: Path) -> None:
+    """netqmail's $QMAILQUEUE: qmail-inject on a host with no pyqmail running hands
+    the message to qmail-qmqpc, which gives it to the queue server (mini-qmail)."""
+    home = tmp_path / "client"
+    init_home(home)
+    write_control(home, "qmqpservers", f"127.0.0.1:{server.port('qmqp')}\n")
+    env = environ_with_home(home)
+    env["QMAILQUEUE"] = str(BIN / "qmail-qmqpc")
+    res = subprocess.run(
+        [str(BIN / "qmail-inject"), "postmaster@b.example"],
+        input=b"From: a@localhost\nSubject: injected via qmqpc\n\nhello\n",
+        env=env,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert res.returncode == 0, res.stderr
+    (raw,) = delivered(server)
+    msg = email.message_from_bytes(raw)
+    assert msg["Subject"] == "injected via qmqpc"
+    assert any("with QMQP" in r for r in msg.get_all("Received") or [])
+    assert not any((home / "queue" / "todo").iterdir())  # nothing queued locally

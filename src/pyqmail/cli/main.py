@@ -6,15 +6,7 @@ import argparse
 import os
 import sys
 
-from pyqmail.config import (
-    Home,
-    QmqpcConfig,
-    QmtpConfig,
-    RemoteConfig,
-    SendConfig,
-    SmtpdConfig,
-    read_control,
-)
+from pyqmail.config import Home, RemoteConfig, SendConfig, SmtpdConfig, read_control
 from pyqmail.controlfiles import check_controls
 from pyqmail.formats.assign import parse_assign
 from pyqmail.formats.control import ControlError
@@ -78,13 +70,7 @@ def check_home(home: Home) -> list[str]:
         pwfile.load(home.root)
     except (ControlError, OSError) as exc:
         problems.append(str(exc))
-    for loader in (
-        SendConfig.load,
-        SmtpdConfig.load,
-        RemoteConfig.load,
-        QmqpcConfig.load,
-        QmtpConfig.load,
-    ):
+    for loader in (SendConfig.load, SmtpdConfig.load, RemoteConfig.load):
         try:
             loader(home)
         except (ControlError, OSError, ValueError) as exc:
