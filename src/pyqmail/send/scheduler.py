@@ -94,6 +94,7 @@ class Sender:
         self.home = home
         self.cfg = cfg
         self.msgs: dict[int, Msg] = {}
+        self._finishing: set[asyncio.Task[None]] = set()
         self.heap: list[tuple[float, int, str]] = []
         self.ready: dict[str, deque[Job]] = {c: deque() for c in CHANNELS}
         self.inflight: dict[str, dict[bytes, Job]] = {c: {} for c in CHANNELS}
@@ -474,7 +475,11 @@ class Sender:
         if msg.finishing:
             return
         msg.finishing = True
-        asyncio.get_running_loop().create_task(self._finish_async(msg))
+        # the loop keeps only a weak reference to a task: without this one a
+        # finishing message (its bounce, its end) can be garbage-collected mid-way
+        task = asyncio.get_running_loop().create_task(self._finish_async(msg))
+        self._finishing.add(task)
+        task.add_done_callback(self._finishing.discard)
 
     async def _finish_async(self, msg: Msg) -> None:
         bounce_path = self.home.q("bounce", str(msg.msg_id))
