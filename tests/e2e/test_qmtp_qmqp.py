@@ -138,23 +138,22 @@ def test_qmtp_relay_rules_and_databytes(server: RunningMta, tmp_path: Path) -> N
         assert len(mta.maildir_files("postmaster")) == 1
 
 
-@pytest.mark.parametrize(
-    "garbage",
-    [
-        b"020:\nSubject: x\n\nhello\n,",  # leading zero
-        b"3:\nab;",  # missing comma
-        b"12345678901234567890:",  # a length refused before anything is allocated
-        b"hello world\r\n",  # SMTP at a QMTP port
-    ],
-)
-def test_qmtp_garbage_is_dropped_and_the_server_keeps_serving(
-    server: RunningMta, garbage: bytes
-) -> None:
+GARBAGE = [
+    b"020:\nSubject: x\n\nhello\n,",  # leading zero
+    b"3:\nab;",  # missing comma
+    b"12345678901234567890:",  # a length refused before anything is allocated
+    b"hello world\r\n",  # SMTP at a QMTP port
+]
+
+
+def test_qmtp_garbage_is_dropped_and_the_server_keeps_serving(server: RunningMta) -> None:
     port = server.port("qmtp")
-    assert exchange(port, garbage, 1) == []  # no answer: the connection is dropped
     good = qmtp_package(BODY, b"a@example.org", [b"postmaster@b.example"])
-    assert exchange(port, good, 1)[0][0] == "K"
-    assert "protocol violation" in server.log()
+    for garbage in GARBAGE:
+        assert exchange(port, garbage, 1) == [], garbage  # no answer: dropped
+        assert exchange(port, good, 1)[0][0] == "K"
+    assert server.log().count("protocol violation") == len(GARBAGE)
+    delivered(server, len(GARBAGE))
 
 
 def test_qmqp_qmqpc_fails_over_to_the_second_server(
