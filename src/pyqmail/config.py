@@ -107,6 +107,18 @@ class SmtpdConfig:
         )
 
 
+BOUNCE_FORMATS = ("qsbmf", "dsn")
+
+
+def _bounceformat(home: Home) -> str:
+    value = (control.parse_line(read_control(home, "bounceformat"), None) or "qsbmf").lower()
+    if value not in BOUNCE_FORMATS:
+        raise control.ControlError(
+            home.control("bounceformat"), 1, f"{value!r} is not one of {', '.join(BOUNCE_FORMATS)}"
+        )
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class SendConfig:
     me: str
@@ -122,6 +134,8 @@ class SendConfig:
     concurrencyremote: int
     queuelifetime: int
     remote_batch: int = field(default=50)
+    retryunit_ms: int = field(default=1000)
+    bounceformat: str = field(default="qsbmf")
 
     @classmethod
     def load(cls, home: Home) -> SendConfig:
@@ -155,6 +169,8 @@ class SendConfig:
             ),
             queuelifetime=control.parse_int(read_control(home, "queuelifetime"), 604800),
             remote_batch=max(1, control.parse_int(read_control(home, "remotebatch"), 50)),
+            retryunit_ms=max(1, control.parse_int(read_control(home, "retryunit"), 1000)),
+            bounceformat=_bounceformat(home),
         )
 
 

@@ -18,6 +18,8 @@ def make_queue(home: Home) -> None:
     for name in SPLIT_DIRS:
         for n in range(SPLIT):
             os.makedirs(home.q(name, str(n)), mode=0o750, exist_ok=True)
+    # operator holds (send's); not in FLAT_DIRS so older homes still pass queue_ok
+    os.makedirs(home.q("hold"), mode=0o700, exist_ok=True)
     with contextlib.suppress(FileExistsError):
         os.mkfifo(home.trigger, 0o622)
 

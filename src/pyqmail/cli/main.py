@@ -1,4 +1,4 @@
-"""pyqmail: the front command (init, start, adduser, check)."""
+"""pyqmail: the front command (init, start, adduser, check, queue)."""
 
 from __future__ import annotations
 
@@ -151,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("name")
     p.add_argument("--home")
     p.set_defaults(func=cmd_passwd)
+    from pyqmail.cli.queue import add_parser as add_queue_parser
+
+    add_queue_parser(sub)
     args = ap.parse_args(argv)
     return int(args.func(args))
 

@@ -21,6 +21,22 @@ def failure_paragraph(f: Failure) -> bytes:
     return b"<" + rcpt + b">:\n" + b"\n".join(lines) + b"\n\n"
 
 
+GIVE_UP = b"I'm not going to try again; this message has been in the queue too long."
+
+
+def bounce_text(bouncehost: bytes, failures: list[Failure], *, double: bool) -> bytes:
+    """The human part: ``Hi. This is the qmail-send program...`` and the failure paragraphs."""
+    head = b"Hi. This is the qmail-send program at " + bouncehost + b".\n"
+    if double:
+        head += b"I tried to deliver a bounce message to this address, but the bounce bounced!\n\n"
+    else:
+        head += (
+            b"I'm afraid I wasn't able to deliver your message to the following addresses.\n"
+            b"This is a permanent error; I've given up. Sorry it didn't work out.\n\n"
+        )
+    return head + b"".join(failure_paragraph(f) for f in failures)
+
+
 def format_bounce(
     *,
     now: float,
@@ -37,18 +53,12 @@ def format_bounce(
         b"From: " + bouncefrom + b"@" + bouncehost + b"\n"
         b"To: " + to + b"\n"
         b"Subject: failure notice\n\n"
-        b"Hi. This is the qmail-send program at " + bouncehost + b".\n"
     )
     if double:
-        head += b"I tried to deliver a bounce message to this address, but the bounce bounced!\n\n"
         brk = b"--- Below this line is the original bounce.\n\n"
     else:
-        head += (
-            b"I'm afraid I wasn't able to deliver your message to the following addresses.\n"
-            b"This is a permanent error; I've given up. Sorry it didn't work out.\n\n"
-        )
         brk = b"--- Below this line is a copy of the message.\n\n"
-    body = b"".join(failure_paragraph(f) for f in failures)
+    body = bounce_text(bouncehost, failures, double=double)
     return head + body + brk + b"Return-Path: <" + original_sender + b">\n" + original
 
 

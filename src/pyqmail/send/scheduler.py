@@ -3,12 +3,14 @@
 Runs as: qmails (the invoking user in embedded mode).
 Reads:   control/{me,locals,percenthack,virtualdomains,envnoathost,bouncefrom,
          bouncehost,doublebounceto,doublebouncehost,concurrencylocal,
-         concurrencyremote,queuelifetime,remotebatch}; queue/todo, queue/mess.
-Writes:  queue/info, queue/local, queue/remote, queue/bounce. Never todo/ or
-         mess/: qmail-clean removes those. New messages (bounces) go through
-         the queue writer like everyone else's.
+         concurrencyremote,queuelifetime,remotebatch,retryunit,bounceformat};
+         queue/todo, queue/mess.
+Writes:  queue/info, queue/local, queue/remote, queue/bounce, queue/hold.
+         Never todo/ or mess/: qmail-clean removes those. New messages
+         (bounces) go through the queue writer like everyone else's.
 Trusts:  the queue files (written by the queue writer and by itself); reports
-         from lspawn/rspawn are parsed strictly and truncated.
+         from lspawn/rspawn are parsed strictly and truncated; operator
+         commands arrive on queue/lock/send.sock (send/control.py).
 
 Theory of operation (qmail-files §6):
   todo/N -> info/S/N + local/S/N + remote/S/N (fsynced) -> clean removes
@@ -18,6 +20,16 @@ Theory of operation (qmail-files §6):
   Each finished recipient has the first byte of its record flipped from T to
   D. When both channel files are gone the bounce (if any) is queued, info is
   removed and clean removes mess/S/N.
+
+Large queues: memory holds one small record per message and channel (its
+next pass time); a channel file is read when its pass starts and forgotten
+when the pass ends, as qmail does, and the sender and birth are read from
+info/ on the first pass. Each channel has its own time-ordered heap, and
+passes are started only while that channel's ready list is short, so
+100,000 due messages never make one loop turn long. Start-up reads only
+directory listings and channel-file mtimes, a split directory per loop
+turn, while new mail is already being preprocessed and delivered; todo/ is
+listed again only once its backlog has been worked off.
 """
 
 from __future__ import annotations
@@ -34,19 +46,24 @@ from dataclasses import dataclass, field
 
 from pyqmail.config import SPLIT, Home, SendConfig
 from pyqmail.formats import envelope as env_fmt
-from pyqmail.formats.address import domain_of, strip_verp, verp_sender
-from pyqmail.formats.qsbmf import Failure, format_bounce, format_bounce_record, parse_bounce_file
+from pyqmail.formats.address import domain_of, verp_sender
+from pyqmail.formats.qsbmf import GIVE_UP, Failure, format_bounce_record, parse_bounce_file
 from pyqmail.ipc.links import Link
 from pyqmail.ipc.queue_proto import AsyncSubmission
+from pyqmail.listing import hold_path
+from pyqmail.send.bounce import build_bounce
 from pyqmail.send.classify import classify, next_retry, strip_virtual
 from pyqmail.unix import durable
 from pyqmail.unix.logfmt import clean as logclean
 from pyqmail.unix.logfmt import log
 
 TODO_RESCAN_S = 25 * 60
+TODO_BATCH = 256  # messages preprocessed per loop turn (one fsync batch)
 STOP_GRACE_S = 3.0
 REPORT_LIMIT = 10000
 BOUNCE_RETRY_S = 60.0
+INFO_RETRY_S = 300.0
+READY_MIN = 64  # jobs kept ready per channel beyond its concurrency
 CHANNELS = ("local", "remote")
 
 
@@ -61,21 +78,23 @@ class Rec:
 @dataclass(slots=True)
 class Chan:
     kind: str
-    path: str
-    recs: list[Rec]
     next_time: float
+    recs: list[Rec] | None = None  # only while a pass is running
     outstanding: int = 0
     pass_start: float = 0.0
     final: bool = False
+    saved_time: float = 0.0  # the channel file's mtime as last written
 
 
 @dataclass(slots=True)
 class Msg:
     msg_id: int
-    birth: float
-    sender: bytes
     chans: dict[str, Chan]
     maybe_done: bool
+    birth: float = 0.0
+    sender: bytes | None = None  # None until info/S/N has been read
+    held: bool = False
+    deleted: bool = False
     finishing: bool = False
 
 
@@ -94,13 +113,14 @@ class Sender:
         self.home = home
         self.cfg = cfg
         self.msgs: dict[int, Msg] = {}
-        self._finishing: set[asyncio.Task[None]] = set()
-        self.heap: list[tuple[float, int, str]] = []
+        self.heaps: dict[str, list[tuple[float, int]]] = {c: [] for c in CHANNELS}
         self.ready: dict[str, deque[Job]] = {c: deque() for c in CHANNELS}
         self.inflight: dict[str, dict[bytes, Job]] = {c: {} for c in CHANNELS}
         self.awaiting_clean: dict[bytes, Msg | None] = {}
         self.clean_backlog: list[bytes] = []
         self.preprocessing: set[int] = set()
+        self.todo_backlog: deque[int] = deque()
+        self.todo_known: set[int] = set()
         self.dnum = 0
         self.job_seq = 0
         self.wake = asyncio.Event()
@@ -127,13 +147,21 @@ class Sender:
         )
         self._trigger_fd = -1
         self.dirty: set[str] = set()  # channel files with marks not yet fsynced
+        self.tasks: set[asyncio.Task[None]] = set()
 
     # -- helpers ------------------------------------------------------------
     def kick(self) -> None:
         self.wake.set()
 
+    @property
+    def unit(self) -> float:
+        return self.cfg.retryunit_ms / 1000.0
+
     def concurrency(self, kind: str) -> int:
         return self.cfg.concurrencylocal if kind == "local" else self.cfg.concurrencyremote
+
+    def chan_path(self, msg: Msg, kind: str) -> str:
+        return self.home.split_path(kind, msg.msg_id)
 
     def status(self) -> None:
         log(
@@ -143,77 +171,114 @@ class Sender:
 
     def schedule(self, msg: Msg, chan: Chan, when: float) -> None:
         chan.next_time = when
-        heapq.heappush(self.heap, (when, msg.msg_id, chan.kind))
+        heapq.heappush(self.heaps[chan.kind], (when, msg.msg_id))
 
-    # -- start-up ---------------------------------------------------------------
-    def load(self) -> None:
-        """Rebuild in-memory state from info/ and the channel files."""
-        todo = set(os.listdir(self.home.q("todo")))
-        count = 0
-        for sub in range(SPLIT):
-            for name in os.listdir(self.home.q("info", str(sub))):
-                if not name.isdigit() or name in todo:
-                    continue  # todo/N still there: preprocess again from scratch
-                msg = self._load_one(int(name))
-                if msg is not None:
-                    count += 1
-        log(f"status: loaded {count} queued message(s)")
-
-    def _load_one(self, msg_id: int) -> Msg | None:
-        info_path = self.home.split_path("info", msg_id)
+    def _load_info(self, msg: Msg) -> bool:
+        """Read sender and birth (info's mtime) the first time they are needed."""
+        if msg.sender is not None:
+            return True
+        info_path = self.home.split_path("info", msg.msg_id)
         try:
             st = os.stat(info_path)
             with open(info_path, "rb") as fh:
                 info = env_fmt.parse_todo(fh.read(1 << 16))
         except (OSError, env_fmt.EnvelopeError) as exc:
             log(f"warning: unable to read {info_path}: {exc}")
-            return None
-        msg = Msg(msg_id, st.st_mtime, info.sender, {}, maybe_done=True)
+            return False
+        msg.birth, msg.sender = st.st_mtime, info.sender
+        return True
+
+    # -- start-up ---------------------------------------------------------------
+    async def load(self) -> None:
+        """Rebuild in-memory state from info/, the channel files and hold/.
+
+        One split directory per loop turn; only mtimes are read, so deliveries
+        of new mail start before a large queue is fully loaded.
+        """
+        todo = {n for n in os.listdir(self.home.q("todo")) if n.isdigit()}
+        held: set[int] = set()
+        with contextlib.suppress(FileNotFoundError):  # a home older than hold/
+            held = {int(n) for n in os.listdir(self.home.q("hold")) if n.isdigit()}
+        count = 0
+        for sub in range(SPLIT):
+            count += self._load_split(str(sub), todo, held)
+            self.kick()
+            await asyncio.sleep(0)
+        log(f"status: loaded {count} queued message(s)")
+
+    def _load_split(self, sub: str, todo: set[str], held: set[int]) -> int:
+        mtimes: dict[str, dict[str, float]] = {}
         for kind in CHANNELS:
-            path = self.home.split_path(kind, msg_id)
-            try:
-                with open(path, "rb") as fh:
-                    data = fh.read()
-                mtime = os.stat(path).st_mtime
-            except FileNotFoundError:
-                continue
-            recs = [
-                Rec(addr, off, done, tried=True)
-                for (done, addr), off in zip(
-                    env_fmt.parse_channel(data), env_fmt.channel_offsets(data), strict=True
-                )
-            ]
-            chan = Chan(kind, path, recs, mtime)
-            msg.chans[kind] = chan
-            self.schedule(msg, chan, mtime)
-        self.msgs[msg_id] = msg
-        if not msg.chans:
-            self._finish(msg)
-        return msg
+            found: dict[str, float] = {}
+            with os.scandir(self.home.q(kind, sub)) as it:
+                for entry in it:
+                    with contextlib.suppress(FileNotFoundError):
+                        found[entry.name] = entry.stat().st_mtime
+            mtimes[kind] = found
+        count = 0
+        for name in os.listdir(self.home.q("info", sub)):
+            if not name.isdigit() or name in todo:
+                continue  # todo/N still there: preprocess again from scratch
+            msg_id = int(name)
+            if msg_id in self.msgs or msg_id in self.preprocessing:
+                continue  # new mail that arrived while loading
+            msg = Msg(msg_id, {}, maybe_done=True, held=msg_id in held)
+            for kind in CHANNELS:
+                mtime = mtimes[kind].get(name)
+                if mtime is None:
+                    continue
+                chan = Chan(kind, mtime, saved_time=mtime)
+                msg.chans[kind] = chan
+                if not msg.held:
+                    self.schedule(msg, chan, mtime)
+            self.msgs[msg_id] = msg
+            count += 1
+            if not msg.chans:
+                self._finish(msg)
+        return count
 
     # -- preprocessing ----------------------------------------------------------
-    async def preprocess_todo(self) -> None:
+    def _refill_todo(self) -> None:
+        """List todo/ again, but only when the last listing has been worked off:
+        a trigger per new message must not cost a scan of a huge backlog."""
+        if self.todo_backlog:
+            return
         self.scan_todo = False
         try:
             names = os.listdir(self.home.q("todo"))
         except OSError as exc:
             log(f"alert: cannot read todo: {exc}")
             return
+        fresh = sorted(
+            int(n)
+            for n in names
+            if n.isdigit()
+            and int(n) not in self.msgs
+            and int(n) not in self.preprocessing
+            and int(n) not in self.todo_known
+        )
+        self.todo_backlog.extend(fresh)
+        self.todo_known.update(fresh)
+
+    async def preprocess_todo(self) -> None:
         batch: list[Msg] = []
         dirs: set[str] = set()
         fds: list[int] = []
         try:
-            for name in names:
-                if not name.isdigit():
-                    continue
-                msg_id = int(name)
+            while self.todo_backlog and len(batch) < TODO_BATCH:
+                msg_id = self.todo_backlog.popleft()
+                self.todo_known.discard(msg_id)
                 if msg_id in self.preprocessing or msg_id in self.msgs:
                     continue
+                # in preprocessing until clean's reply puts it in msgs, so the
+                # loader never mistakes its fresh info/ for an old message
                 self.preprocessing.add(msg_id)
+                msg = None
                 try:
                     msg = self._preprocess_one(msg_id, dirs, fds)
                 finally:
-                    self.preprocessing.discard(msg_id)
+                    if msg is None:
+                        self.preprocessing.discard(msg_id)
                 if msg is not None:
                     batch.append(msg)
             if not batch:
@@ -227,7 +292,6 @@ class Sender:
             for fd in fds:
                 os.close(fd)
         for msg in batch:
-            self.preprocessing.add(msg.msg_id)
             self._clean_request(b"todo/%d" % msg.msg_id, msg)
 
     def _preprocess_one(self, msg_id: int, dirs: set[str], fds: list[int]) -> Msg | None:
@@ -258,7 +322,7 @@ class Sender:
         dirs.add(os.path.dirname(info_path))
         now = time.time()
         birth = os.fstat(fds[-1]).st_mtime
-        msg = Msg(msg_id, birth, todo.sender, {}, maybe_done)
+        msg = Msg(msg_id, {}, maybe_done, birth=birth, sender=todo.sender)
         for kind in CHANNELS:
             if not lists[kind]:
                 continue
@@ -268,12 +332,8 @@ class Sender:
             durable.write_all(fds[-1], data)
             dirs.add(os.path.dirname(path))
             offsets = env_fmt.channel_offsets(data)
-            msg.chans[kind] = Chan(
-                kind,
-                path,
-                [Rec(a, o, False) for a, o in zip(lists[kind], offsets, strict=True)],
-                now,
-            )
+            recs = [Rec(a, o, False) for a, o in zip(lists[kind], offsets, strict=True)]
+            msg.chans[kind] = Chan(kind, now, recs, saved_time=now)
         return msg
 
     # -- clean ---------------------------------------------------------------------
@@ -310,23 +370,55 @@ class Sender:
 
     # -- passes and jobs -----------------------------------------------------------
     def start_due(self) -> float | None:
+        """Start every due pass a channel has room for; seconds until the next one."""
         now = time.time()
-        while self.heap:
-            when, msg_id, kind = self.heap[0]
-            if when > now:
-                return when - now
-            heapq.heappop(self.heap)
-            msg = self.msgs.get(msg_id)
-            chan = msg.chans.get(kind) if msg else None
-            if msg is None or chan is None or chan.outstanding or chan.next_time != when:
-                continue
-            self._start_pass(msg, chan, now)
-        return None
+        delay: float | None = None
+        for kind in CHANNELS:
+            heap, ready = self.heaps[kind], self.ready[kind]
+            room = READY_MIN + self.concurrency(kind)
+            while heap and len(ready) < room:
+                when, msg_id = heap[0]
+                if when > now:
+                    wait = when - now
+                    delay = wait if delay is None else min(delay, wait)
+                    break
+                heapq.heappop(heap)
+                msg = self.msgs.get(msg_id)
+                chan = msg.chans.get(kind) if msg else None
+                if msg is None or chan is None or chan.outstanding or chan.next_time != when:
+                    continue  # a stale entry: rescheduled, finished or running
+                if msg.held or msg.deleted:
+                    continue
+                self._start_pass(msg, chan, now)
+        return delay
+
+    def _read_recs(self, msg: Msg, chan: Chan) -> list[Rec] | None:
+        path = self.chan_path(msg, chan.kind)
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read()
+            records = env_fmt.parse_channel(data)
+        except FileNotFoundError:
+            return []
+        except (OSError, env_fmt.EnvelopeError) as exc:
+            log(f"warning: unable to read {path}: {exc}")
+            return None
+        offsets = env_fmt.channel_offsets(data)
+        return [
+            Rec(addr, off, done, tried=True)
+            for (done, addr), off in zip(records, offsets, strict=True)
+        ]
 
     def _start_pass(self, msg: Msg, chan: Chan, now: float) -> None:
+        recs = chan.recs if chan.recs is not None else self._read_recs(msg, chan)
+        if recs is None or not self._load_info(msg):
+            self.schedule(msg, chan, now + INFO_RETRY_S)
+            return
+        assert msg.sender is not None
+        chan.recs = recs
         chan.pass_start = now
         chan.final = now > msg.birth + self.cfg.queuelifetime
-        todo = [r for r in chan.recs if not r.done]
+        todo = [r for r in recs if not r.done]
         jobs: list[Job] = []
         if chan.kind == "local":
             jobs = [Job(b"", msg, chan, [r], verp_sender(msg.sender, r.addr)) for r in todo]
@@ -336,9 +428,9 @@ class Sender:
                 snd = verp_sender(msg.sender, r.addr)
                 groups.setdefault((domain_of(r.addr), snd), []).append(r)
             size = self.cfg.remote_batch
-            for (_dom, snd), recs in groups.items():
+            for (_dom, snd), grp in groups.items():
                 jobs.extend(
-                    Job(b"", msg, chan, recs[i : i + size], snd) for i in range(0, len(recs), size)
+                    Job(b"", msg, chan, grp[i : i + size], snd) for i in range(0, len(grp), size)
                 )
         chan.outstanding = len(jobs)
         self.ready[chan.kind].extend(jobs)
@@ -354,6 +446,9 @@ class Sender:
             started = False
             while ready and link.up and len(inflight) < self.concurrency(kind):
                 job = ready.popleft()
+                if job.msg.held or job.msg.deleted:
+                    self._drop_job(job)
+                    continue
                 self.job_seq += 1
                 job.job_id = b"%d" % self.job_seq
                 job.dnums = []
@@ -379,6 +474,12 @@ class Sender:
                 started = True
             if started:
                 self.status()
+
+    def _drop_job(self, job: Job) -> None:
+        """A ready job of a held or deleted message: the pass ends without it."""
+        job.chan.outstanding -= 1
+        if job.chan.outstanding == 0:
+            self._pass_done(job.msg, job.chan)
 
     def _on_reply_local(self, fields: list[bytes]) -> None:
         self._on_reply("local", fields)
@@ -417,12 +518,11 @@ class Sender:
 
     def _record(self, job: Job, rec: Rec, dnum: int, status: bytes, text: bytes) -> None:
         msg, chan = job.msg, job.chan
+        path = self.chan_path(msg, chan.kind)
         shown = logclean(text.decode("utf-8", "replace"))
         if status == b"Z" and chan.final:
             status = b"D"
-            text = text.rstrip(b"\n") + (
-                b"\nI'm not going to try again; this message has been in the queue too long.\n"
-            )
+            text = text.rstrip(b"\n") + b"\n" + GIVE_UP + b"\n"
         if status == b"K":
             log(f"delivery {dnum}: success: {shown}")
         elif status == b"D":
@@ -438,14 +538,14 @@ class Sender:
             return
         rec.done = True
         try:
-            fd = os.open(chan.path, os.O_WRONLY)
+            fd = os.open(path, os.O_WRONLY)
             try:
                 os.pwrite(fd, b"D", rec.offset)
             finally:
                 os.close(fd)
-            self.dirty.add(chan.path)
+            self.dirty.add(path)
         except OSError as exc:
-            log(f"warning: trouble marking {chan.path}: {exc}; will be delivered twice!")
+            log(f"warning: trouble marking {path}: {exc}; will be delivered twice!")
 
     def sync_marks(self) -> None:
         """fsync every channel file marked since the last call (one batch per loop turn)."""
@@ -461,66 +561,149 @@ class Sender:
                 os.close(fd)
 
     def _pass_done(self, msg: Msg, chan: Chan) -> None:
-        if all(r.done for r in chan.recs):
-            self.dirty.discard(chan.path)
-            durable.unlink_quiet(chan.path)
+        recs, chan.recs = chan.recs, None
+        if msg.deleted:
+            self._delete_if_idle(msg)
+            return
+        if recs is not None and all(r.done for r in recs):
+            path = self.chan_path(msg, chan.kind)
+            self.dirty.discard(path)
+            durable.unlink_quiet(path)
             del msg.chans[chan.kind]
             if not msg.chans:
                 self._finish(msg)
             return
-        self.schedule(msg, chan, next_retry(msg.birth, chan.pass_start, chan.kind))
+        when = next_retry(msg.birth, chan.pass_start, chan.kind, self.unit)
+        if msg.held:
+            chan.next_time = when  # kept for the record; release schedules it now
+        else:
+            self.schedule(msg, chan, when)
+
+    # -- operator commands (through send/control.py) ------------------------------------
+    def find(self, msg_id: int) -> Msg | None:
+        msg = self.msgs.get(msg_id)
+        return None if msg is None or msg.deleted else msg
+
+    def hold(self, msg: Msg) -> None:
+        if msg.held:
+            return
+        with open(hold_path(self.home, msg.msg_id), "wb"):
+            pass  # its existence is the record; it survives a restart
+        msg.held = True
+        self._purge_ready(msg)
+        log(f"status: msg {msg.msg_id} held by the operator")
+
+    def release(self, msg: Msg) -> None:
+        if not msg.held:
+            return
+        durable.unlink_quiet(hold_path(self.home, msg.msg_id))
+        msg.held = False
+        now = time.time()
+        for chan in msg.chans.values():
+            if not chan.outstanding:
+                self.schedule(msg, chan, now)
+        log(f"status: msg {msg.msg_id} released by the operator")
+        self.kick()
+
+    def retry(self, msg: Msg | None) -> None:
+        """Make one message (None: every message, like SIGALRM) due now."""
+        now = time.time()
+        if msg is not None:
+            for chan in msg.chans.values():
+                if not chan.outstanding and not msg.held:
+                    self.schedule(msg, chan, now)
+            self.kick()
+            return
+        for kind in CHANNELS:
+            entries: list[tuple[float, int]] = []
+            for m in self.msgs.values():
+                c = m.chans.get(kind)
+                if c is not None and not c.outstanding and not (m.held or m.deleted):
+                    c.next_time = now
+                    entries.append((now, m.msg_id))
+            heapq.heapify(entries)
+            self.heaps[kind] = entries
+        self.kick()
+
+    def delete(self, msg: Msg) -> None:
+        """Remove a message without a bounce once its running deliveries report."""
+        msg.deleted = True
+        log(f"status: msg {msg.msg_id} deleted by the operator")
+        self._purge_ready(msg)
+        self._delete_if_idle(msg)
+
+    def _purge_ready(self, msg: Msg) -> None:
+        for kind in CHANNELS:
+            ready = self.ready[kind]
+            if any(j.msg is msg for j in ready):
+                keep = deque(j for j in ready if j.msg is not msg)
+                dropped = [j for j in ready if j.msg is msg]
+                self.ready[kind] = keep
+                for job in dropped:
+                    self._drop_job(job)
+
+    def _delete_if_idle(self, msg: Msg) -> None:
+        if any(c.outstanding for c in msg.chans.values()) or msg.finishing:
+            return
+        msg.finishing = True
+        # bounce/N first: a crash after it can only deliver, never bounce, a
+        # message the operator deleted
+        durable.unlink_quiet(self.home.q("bounce", str(msg.msg_id)))
+        for kind in CHANNELS:
+            path = self.chan_path(msg, kind)
+            self.dirty.discard(path)
+            durable.unlink_quiet(path)
+        msg.chans.clear()
+        self._remove(msg)
+
+    def _remove(self, msg: Msg) -> None:
+        durable.unlink_quiet(self.home.split_path("info", msg.msg_id))
+        durable.unlink_quiet(hold_path(self.home, msg.msg_id))
+        self.msgs.pop(msg.msg_id, None)
+        self._clean_request(b"foop/%d" % msg.msg_id, None)
+        log(f"end msg {msg.msg_id}")
 
     # -- completion and bounces ------------------------------------------------------
     def _finish(self, msg: Msg) -> None:
         if msg.finishing:
             return
         msg.finishing = True
-        # the loop keeps only a weak reference to a task: without this one a
-        # finishing message (its bounce, its end) can be garbage-collected mid-way
+        # the loop keeps only weak references to tasks: hold it until done
         task = asyncio.get_running_loop().create_task(self._finish_async(msg))
-        self._finishing.add(task)
-        task.add_done_callback(self._finishing.discard)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
 
     async def _finish_async(self, msg: Msg) -> None:
         bounce_path = self.home.q("bounce", str(msg.msg_id))
         while os.path.exists(bounce_path):
-            if await self._send_bounce(msg, bounce_path):
+            if self._load_info(msg) and await self._send_bounce(msg, bounce_path):
                 durable.unlink_quiet(bounce_path)
                 break
             if self.stopping:
                 return
             await asyncio.sleep(BOUNCE_RETRY_S)
-        durable.unlink_quiet(self.home.split_path("info", msg.msg_id))
-        self.msgs.pop(msg.msg_id, None)
-        self._clean_request(b"foop/%d" % msg.msg_id, None)
-        log(f"end msg {msg.msg_id}")
+        self._remove(msg)
 
     async def _send_bounce(self, msg: Msg, bounce_path: str) -> bool:
+        assert msg.sender is not None
         with open(bounce_path, "rb") as fh:
             failures = parse_bounce_file(fh.read())
-        if msg.sender == b"#@[]":
-            log(f"triple bounce: discarding bounce/{msg.msg_id}")
-            return True
         with open(self.home.split_path("mess", msg.msg_id), "rb") as fh:
             original = fh.read()
-        double = msg.sender == b""
-        cfg = self.cfg
-        to = (
-            f"{cfg.doublebounceto}@{cfg.doublebouncehost}".encode()
-            if double
-            else strip_verp(msg.sender)
-        )
-        text = format_bounce(
-            now=time.time(),
-            bouncefrom=cfg.bouncefrom.encode(),
-            bouncehost=cfg.bouncehost.encode(),
-            to=to,
+        bounce = build_bounce(
+            self.cfg,
+            sender=msg.sender,
+            birth=msg.birth,
             failures=failures,
-            original_sender=msg.sender,
             original=original,
-            double=double,
+            now=time.time(),
         )
-        wire = env_fmt.format_wire(env_fmt.Envelope(b"#@[]" if double else b"", (to,)))
+        if bounce is None:
+            why = "triple bounce" if msg.sender == b"#@[]" else "double bounce"
+            log(f"{why}: discarding bounce/{msg.msg_id}")
+            return True
+        text, envelope = bounce
+        wire = env_fmt.format_wire(envelope)
         try:
             sub = await AsyncSubmission.open(self.home.writer_socket, b"bounce")
             await sub.write(text)
@@ -547,33 +730,42 @@ class Sender:
         self.kick()
 
     def on_alarm(self) -> None:
-        now = time.time()
-        for msg in self.msgs.values():
-            for chan in msg.chans.values():
-                if not chan.outstanding:
-                    self.schedule(msg, chan, now)
-        self.kick()
+        self.retry(None)
 
     def on_hup(self) -> None:
+        # every control file, not only locals and virtualdomains as qmail does;
+        # work in hand is kept: passes, jobs and schedules are untouched
         try:
             self.cfg = SendConfig.load(self.home)
             log("status: reread control files")
         except Exception as exc:  # keep running on the old settings
             log(f"warning: unable to reread controls: {exc}")
+        self.kick()
 
     async def run(self, stop: asyncio.Event) -> None:
+        from pyqmail.send.control import ControlServer
+
+        with contextlib.suppress(OSError):
+            os.makedirs(self.home.q("hold"), mode=0o700, exist_ok=True)
         self._open_trigger()
-        self.load()
         for link in (*self.links.values(), self.clean):
             link.start()
+        control = ControlServer(self)
+        await control.start()
+        loader = asyncio.get_running_loop().create_task(self.load())
         last_scan = time.monotonic()
         while not stop.is_set():
             if self.scan_todo or time.monotonic() - last_scan > TODO_RESCAN_S:
                 last_scan = time.monotonic()
+                self.scan_todo = True
+                self._refill_todo()
+            if self.todo_backlog:
                 await self.preprocess_todo()
             self.sync_marks()
             delay = self.start_due()
             self.dispatch()
+            if self.todo_backlog or self.scan_todo:
+                delay = 0.0  # more new mail to preprocess: come straight back
             self.wake.clear()
             waiter = asyncio.ensure_future(self.wake.wait())
             stopper = asyncio.ensure_future(stop.wait())
@@ -584,6 +776,10 @@ class Sender:
             )
             waiter.cancel()
             stopper.cancel()
+        loader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await loader
+        await control.stop()
         await self.shutdown()
 
     async def shutdown(self) -> None:
@@ -597,8 +793,10 @@ class Sender:
         # keep retry times across the restart, as mtimes of the channel files
         for msg in self.msgs.values():
             for chan in msg.chans.values():
-                with contextlib.suppress(OSError):
-                    os.utime(chan.path, (chan.next_time, chan.next_time))
+                if chan.next_time != chan.saved_time:
+                    with contextlib.suppress(OSError):
+                        path = self.chan_path(msg, chan.kind)
+                        os.utime(path, (chan.next_time, chan.next_time))
         for link in (*self.links.values(), self.clean):
             await link.stop()
         log("status: exiting")
