@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import email.message
 import os
 import re
 import signal
@@ -167,6 +168,7 @@ class Sink:
     messages: list[Received] = field(default_factory=list)
     connections: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
+    accept_everything: bool = False  # set to stop deferring and rejecting
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with self.lock:
@@ -189,9 +191,9 @@ class Sink:
                     writer.write(b"250 ok\r\n")
                 elif verb == b"RCPT":
                     addr = cmd[8:].split(b">")[0].lstrip(b"<")
-                    if addr.startswith(b"defer"):
+                    if addr.startswith(b"defer") and not self.accept_everything:
                         writer.write(b"451 try later\r\n")
-                    elif addr.startswith(b"reject"):
+                    elif addr.startswith(b"reject") and not self.accept_everything:
                         writer.write(b"550 no such user\r\n")
                     else:
                         rcpts.append(addr)
@@ -268,3 +270,12 @@ def mta_with_sink(home: Path, domain: str = "example.net") -> Iterator[tuple[Run
         write_control(home, "smtproutes", f"{domain}:127.0.0.1:{sink.port}\n")
         with running_mta(home) as mta:
             yield mta, sink
+
+
+def mime_parts(msg: email.message.Message) -> list[email.message.Message]:
+    """The sub-parts of a multipart or message/* part, typed for mypy."""
+    payload = msg.get_payload()
+    assert isinstance(payload, list), f"{msg.get_content_type()} has no sub-parts"
+    parts = [p for p in payload if isinstance(p, email.message.Message)]
+    assert len(parts) == len(payload)
+    return parts

@@ -189,3 +189,18 @@ def test_last_attempt_is_about_seven_days_one_hour(channel: str) -> None:
 
 def test_clock_before_birth_counts_as_age_zero() -> None:
     assert next_retry(1000.0, 900.0, "local") == 1100.0
+
+
+@pytest.mark.parametrize("channel", ["local", "remote"])
+def test_retryunit_scales_the_schedule_without_changing_its_shape(channel: str) -> None:
+    """control/retryunit (ms per schedule second): the same passes, 1000 times sooner."""
+    real, fast = 0.0, 0.0
+    for _ in range(8):
+        real = next_retry(0.0, real, channel)
+        fast = next_retry(0.0, fast, channel, unit=0.001)
+        assert fast == pytest.approx(real / 1000)
+
+
+def test_retryunit_with_a_late_pass() -> None:
+    """A pass 1 s late in a 1 ms unit is 1000 schedule seconds late: (31 + 10)^2 ms."""
+    assert next_retry(50.0, 51.0, "local", unit=0.001) == pytest.approx(50.0 + 41**2 / 1000)

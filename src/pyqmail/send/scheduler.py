@@ -519,10 +519,10 @@ class Sender:
     def _record(self, job: Job, rec: Rec, dnum: int, status: bytes, text: bytes) -> None:
         msg, chan = job.msg, job.chan
         path = self.chan_path(msg, chan.kind)
-        shown = logclean(text.decode("utf-8", "replace"))
         if status == b"Z" and chan.final:
             status = b"D"
             text = text.rstrip(b"\n") + b"\n" + GIVE_UP + b"\n"
+        shown = logclean(text.decode("utf-8", "replace"))
         if status == b"K":
             log(f"delivery {dnum}: success: {shown}")
         elif status == b"D":
