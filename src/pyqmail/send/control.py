@@ -82,7 +82,7 @@ class ControlServer:
         if command == b"when":
             lines = []
             for kind in CHANNELS:
-                chan = msg.chans.get(kind)
+                chan = msg.chan(kind)
                 if chan is None:
                     continue
                 if chan.outstanding:

@@ -63,6 +63,7 @@ STOP_GRACE_S = 3.0
 REPORT_LIMIT = 10000
 BOUNCE_RETRY_S = 60.0
 INFO_RETRY_S = 300.0
+LOAD_CHUNK = 500  # messages loaded per loop turn at start-up
 READY_MIN = 64  # jobs kept ready per channel beyond its concurrency
 CHANNELS = ("local", "remote")
 
@@ -89,13 +90,19 @@ class Chan:
 @dataclass(slots=True)
 class Msg:
     msg_id: int
-    chans: dict[str, Chan]
+    chans: list[Chan]  # a list, not a dict: a third of the size, kept for every message
     maybe_done: bool
     birth: float = 0.0
     sender: bytes | None = None  # None until info/S/N has been read
     held: bool = False
     deleted: bool = False
     finishing: bool = False
+
+    def chan(self, kind: str) -> Chan | None:
+        for c in self.chans:
+            if c.kind == kind:
+                return c
+        return None
 
 
 @dataclass(slots=True)
@@ -192,7 +199,7 @@ class Sender:
     async def load(self) -> None:
         """Rebuild in-memory state from info/, the channel files and hold/.
 
-        One split directory per loop turn; only mtimes are read, so deliveries
+        LOAD_CHUNK messages per loop turn; only mtimes are read, so deliveries
         of new mail start before a large queue is fully loaded.
         """
         todo = {n for n in os.listdir(self.home.q("todo")) if n.isdigit()}
@@ -200,35 +207,44 @@ class Sender:
         with contextlib.suppress(FileNotFoundError):  # a home older than hold/
             held = {int(n) for n in os.listdir(self.home.q("hold")) if n.isdigit()}
         count = 0
-        for sub in range(SPLIT):
-            count += self._load_split(str(sub), todo, held)
-            self.kick()
-            await asyncio.sleep(0)
+        for sub in map(str, range(SPLIT)):
+            # new mail (already in msgs or being preprocessed) is left out now,
+            # at listing time: by its chunk's turn it may have come and gone
+            names = [
+                n
+                for n in os.listdir(self.home.q("info", sub))
+                if n.isdigit()
+                and n not in todo
+                and int(n) not in self.msgs
+                and int(n) not in self.preprocessing
+            ]
+            present = {kind: set(os.listdir(self.home.q(kind, sub))) for kind in CHANNELS}
+            for i in range(0, len(names), LOAD_CHUNK):
+                count += self._load_names(sub, names[i : i + LOAD_CHUNK], present, held)
+                self.kick()
+                await asyncio.sleep(0)  # new mail is preprocessed and delivered meanwhile
         log(f"status: loaded {count} queued message(s)")
 
-    def _load_split(self, sub: str, todo: set[str], held: set[int]) -> int:
-        mtimes: dict[str, dict[str, float]] = {}
-        for kind in CHANNELS:
-            found: dict[str, float] = {}
-            with os.scandir(self.home.q(kind, sub)) as it:
-                for entry in it:
-                    with contextlib.suppress(FileNotFoundError):
-                        found[entry.name] = entry.stat().st_mtime
-            mtimes[kind] = found
+    def _load_names(
+        self,
+        sub: str,
+        names: list[str],
+        present: dict[str, set[str]],
+        held: set[int],
+    ) -> int:
         count = 0
-        for name in os.listdir(self.home.q("info", sub)):
-            if not name.isdigit() or name in todo:
-                continue  # todo/N still there: preprocess again from scratch
+        for name in names:
             msg_id = int(name)
-            if msg_id in self.msgs or msg_id in self.preprocessing:
-                continue  # new mail that arrived while loading
-            msg = Msg(msg_id, {}, maybe_done=True, held=msg_id in held)
+            msg = Msg(msg_id, [], maybe_done=True, held=msg_id in held)
             for kind in CHANNELS:
-                mtime = mtimes[kind].get(name)
-                if mtime is None:
+                if name not in present[kind]:
+                    continue
+                try:
+                    mtime = os.stat(self.home.q(kind, sub, name)).st_mtime
+                except FileNotFoundError:
                     continue
                 chan = Chan(kind, mtime, saved_time=mtime)
-                msg.chans[kind] = chan
+                msg.chans.append(chan)
                 if not msg.held:
                     self.schedule(msg, chan, mtime)
             self.msgs[msg_id] = msg
@@ -322,7 +338,7 @@ class Sender:
         dirs.add(os.path.dirname(info_path))
         now = time.time()
         birth = os.fstat(fds[-1]).st_mtime
-        msg = Msg(msg_id, {}, maybe_done, birth=birth, sender=todo.sender)
+        msg = Msg(msg_id, [], maybe_done, birth=birth, sender=todo.sender)
         for kind in CHANNELS:
             if not lists[kind]:
                 continue
@@ -333,7 +349,7 @@ class Sender:
             dirs.add(os.path.dirname(path))
             offsets = env_fmt.channel_offsets(data)
             recs = [Rec(a, o, False) for a, o in zip(lists[kind], offsets, strict=True)]
-            msg.chans[kind] = Chan(kind, now, recs, saved_time=now)
+            msg.chans.append(Chan(kind, now, recs, saved_time=now))
         return msg
 
     # -- clean ---------------------------------------------------------------------
@@ -364,7 +380,7 @@ class Sender:
             self.msgs[msg.msg_id] = msg
             if not msg.chans:
                 self._finish(msg)
-            for chan in msg.chans.values():
+            for chan in msg.chans:
                 self.schedule(msg, chan, time.time())
             self.kick()
 
@@ -384,7 +400,7 @@ class Sender:
                     break
                 heapq.heappop(heap)
                 msg = self.msgs.get(msg_id)
-                chan = msg.chans.get(kind) if msg else None
+                chan = msg.chan(kind) if msg else None
                 if msg is None or chan is None or chan.outstanding or chan.next_time != when:
                     continue  # a stale entry: rescheduled, finished or running
                 if msg.held or msg.deleted:
@@ -569,7 +585,7 @@ class Sender:
             path = self.chan_path(msg, chan.kind)
             self.dirty.discard(path)
             durable.unlink_quiet(path)
-            del msg.chans[chan.kind]
+            msg.chans.remove(chan)
             if not msg.chans:
                 self._finish(msg)
             return
@@ -599,7 +615,7 @@ class Sender:
         durable.unlink_quiet(hold_path(self.home, msg.msg_id))
         msg.held = False
         now = time.time()
-        for chan in msg.chans.values():
+        for chan in msg.chans:
             if not chan.outstanding:
                 self.schedule(msg, chan, now)
         log(f"status: msg {msg.msg_id} released by the operator")
@@ -609,7 +625,7 @@ class Sender:
         """Make one message (None: every message, like SIGALRM) due now."""
         now = time.time()
         if msg is not None:
-            for chan in msg.chans.values():
+            for chan in msg.chans:
                 if not chan.outstanding and not msg.held:
                     self.schedule(msg, chan, now)
             self.kick()
@@ -617,7 +633,7 @@ class Sender:
         for kind in CHANNELS:
             entries: list[tuple[float, int]] = []
             for m in self.msgs.values():
-                c = m.chans.get(kind)
+                c = m.chan(kind)
                 if c is not None and not c.outstanding and not (m.held or m.deleted):
                     c.next_time = now
                     entries.append((now, m.msg_id))
@@ -643,7 +659,7 @@ class Sender:
                     self._drop_job(job)
 
     def _delete_if_idle(self, msg: Msg) -> None:
-        if any(c.outstanding for c in msg.chans.values()) or msg.finishing:
+        if any(c.outstanding for c in msg.chans) or msg.finishing:
             return
         msg.finishing = True
         # bounce/N first: a crash after it can only deliver, never bounce, a
@@ -792,7 +808,7 @@ class Sender:
         self.sync_marks()
         # keep retry times across the restart, as mtimes of the channel files
         for msg in self.msgs.values():
-            for chan in msg.chans.values():
+            for chan in msg.chans:
                 if chan.next_time != chan.saved_time:
                     with contextlib.suppress(OSError):
                         path = self.chan_path(msg, chan.kind)
