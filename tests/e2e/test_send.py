@@ -140,6 +140,27 @@ def test_double_bounce_then_triple_bounce_and_hup(home: Path) -> None:
         assert len(mta.maildir_files("postmaster")) == 1
 
 
+def test_concurrency_zero_holds_a_channel_until_sighup_raises_it(home: Path) -> None:
+    """qmail-files §2.1: concurrencyremote 0 suspends remote deliveries; SIGHUP
+    rereads it and the waiting work goes out, nothing dropped; local mail
+    flows meanwhile."""
+    write_control(home, "concurrencyremote", "0\n")
+    with mta_with_sink(home) as (mta, sink):
+        _send(mta, "a@example.org", ["one@example.net", "postmaster@localhost"])
+        _send(mta, "a@example.org", ["two@example.net"])
+        mta.wait_for_maildir("postmaster")
+        assert "to remote" not in mta.log()
+        assert sink.messages == []
+        write_control(home, "concurrencyremote", "2\n")
+        mta.proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: len(sink.messages) == 2, 20, "both remote copies")
+        wait_until(mta.queue_empty, 20, "the queue to empty")
+    assert sorted(r for m in sink.messages for r in m.rcpts) == [
+        b"one@example.net",
+        b"two@example.net",
+    ]
+
+
 def test_verp_sender_rewritten_per_recipient_at_the_sink(home: Path) -> None:
     """qmail-protocols §6: p-@h-@[] + r@rh -> p-r=rh@h, one transaction per
     recipient; a failure bounces to the marker-stripped p-@h."""

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
-from pyqmail.config import SendConfig
+import pytest
+
+from pyqmail.config import Home, SendConfig
+from pyqmail.formats.control import ControlError
 from pyqmail.formats.envelope import Envelope
 from pyqmail.formats.qsbmf import Failure
 from pyqmail.send.bounce import build_bounce
@@ -71,3 +75,20 @@ def test_bounceformat_dsn_switches_the_format() -> None:
     assert b"multipart/report" not in qsbmf[0]
     assert b"Content-Type: multipart/report; report-type=delivery-status;" in dsn[0]
     assert qsbmf[1] == dsn[1]
+
+
+def test_bad_bounceformat_is_a_config_error_naming_the_file(tmp_path: Path) -> None:
+    from pyqmail.cli.homeinit import init_home
+    from pyqmail.cli.main import check_home
+
+    home = Home(str(tmp_path / "q"))
+    init_home(home, "localhost")
+    (tmp_path / "q" / "control" / "bounceformat").write_text("html\n")
+    with pytest.raises(ControlError) as err:
+        SendConfig.load(home)
+    assert err.value.path.endswith("control/bounceformat")
+    assert any(
+        "control/bounceformat:1: 'html' is not one of qsbmf, dsn" in p for p in check_home(home)
+    )
+    (tmp_path / "q" / "control" / "bounceformat").write_text("DSN\n")
+    assert SendConfig.load(home).bounceformat == "dsn"

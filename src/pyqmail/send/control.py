@@ -53,7 +53,11 @@ class ControlServer:
             if isinstance(parsed, str):
                 writer.write(pack(b"D" + parsed.encode()))
                 return
-            output, status, text = self.perform(*parsed)
+            try:
+                output, status, text = self.perform(*parsed)
+            except OSError as exc:  # e.g. hold/ unwritable: say so, keep serving
+                log(f"warning: operator request failed: {exc}")
+                output, status, text = [], b"Z", f"send could not do it: {exc}"
             for line in output:
                 writer.write(pack(b"O" + line.encode()))
             writer.write(pack(status + text.encode()))

@@ -603,8 +603,10 @@ class Sender:
     def hold(self, msg: Msg) -> None:
         if msg.held:
             return
-        with open(hold_path(self.home, msg.msg_id), "wb"):
-            pass  # its existence is the record; it survives a restart
+        # its existence is the record: made durable, so a hold survives a crash
+        with contextlib.suppress(FileExistsError):
+            os.close(durable.create_exclusive(hold_path(self.home, msg.msg_id)))
+        durable.fsync_dir(self.home.q("hold"))
         msg.held = True
         self._purge_ready(msg)
         log(f"status: msg {msg.msg_id} held by the operator")
