@@ -114,4 +114,8 @@ class ControlServer:
             return [], b"K", f"retrying message {msg_id} now"
         # delete
         s.delete(msg)
+        if s.msgs.get(msg_id) is msg:
+            # a delivery is running: the message goes when it reports (a crash
+            # before then leaves it queued)
+            return [], b"K", f"message {msg_id} will be deleted when its running delivery ends"
         return [], b"K", f"message {msg_id} deleted"
