@@ -10,6 +10,9 @@ starts pyqmail and reports:
 With --due the queued messages are all due at start (their remote domain is
 routed to a closed loopback port, so every attempt defers at once): the new
 message must still be delivered promptly while send works through the backlog.
+With --todo they are all in todo/ instead (queued, never preprocessed): the
+figure is how long preprocessing the backlog takes; the new message, last in
+line, is delivered when its turn comes.
 Not a test: nothing here is asserted in `make test`.
 
     .venv/bin/python bench/big_queue.py [--messages 100000] [--due]
@@ -59,6 +62,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--messages", type=int, default=100_000)
     ap.add_argument("--due", action="store_true", help="every queued message due at start")
+    ap.add_argument("--todo", action="store_true", help="every message still in todo/")
     ap.add_argument("--keep", action="store_true", help="keep the temporary home")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="pyqmail-bigq-"))
@@ -71,6 +75,9 @@ def main() -> int:
     t0 = time.monotonic()
     base = int(now * 1000) - 10 * args.messages
     for i in range(args.messages):
+        if args.todo:
+            write_todo(home, base + i, b"bulk@example.org", [b"r%d@example.net" % i], BODY)
+            continue
         write_preprocessed(
             home,
             base + i,
@@ -95,7 +102,7 @@ def main() -> int:
             stderr=log_fh,
         )
     try:
-        first_s = wait_for(lambda: any(maildir.iterdir()), start, 300)
+        first_s = wait_for(lambda: any(maildir.iterdir()), start, 3600)
         log = log_path.read_text
         loaded_s = wait_for(lambda: "queued message(s)" in log(), start, 300)
         pid = int(re.findall(r"started send pid (\d+)", log())[-1])
@@ -116,6 +123,7 @@ def main() -> int:
     result = {
         "messages": args.messages,
         "due_at_start": args.due,
+        "in_todo": args.todo,
         "fill_s": round(fill_s, 1),
         "start_to_new_message_delivered_s": round(first_s, 3),
         "start_to_queue_loaded_s": round(loaded_s, 3),
