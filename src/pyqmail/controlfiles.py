@@ -14,7 +14,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from pyqmail.config import QMQP_PORT, Home, parse_server, read_control
+from pyqmail.config import BOUNCE_FORMATS, QMQP_PORT, Home, parse_server, read_control
 from pyqmail.formats import control
 from pyqmail.formats.control import ControlError
 from pyqmail.formats.tcprules import parse_rules
@@ -105,6 +105,12 @@ def _qmqp_server(line: str) -> str | None:
     return None
 
 
+def _bounceformat(line: str) -> str | None:
+    if line.lower() not in BOUNCE_FORMATS:
+        return f"{line!r} is not one of {', '.join(BOUNCE_FORMATS)}"
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class ControlFile:
     """One row of the table. kind: line, list, int or rules (tcprules text)."""
@@ -131,6 +137,15 @@ CONTROL_FILES: tuple[ControlFile, ...] = (
         "Any MAIL FROM is allowed.",
         post=" not accepted in MAIL FROM.",
         check=_no_blanks,
+    ),
+    ControlFile(
+        "bounceformat",
+        "line",
+        "send",
+        "qsbmf (qmail's bounces) or dsn (RFC 3464 multipart/report)",
+        "qsbmf",
+        pre="Bounce format is ",
+        check=_bounceformat,
     ),
     ControlFile(
         "bouncefrom",
@@ -389,6 +404,17 @@ CONTROL_FILES: tuple[ControlFile, ...] = (
         pre="DNS server: ",
         post=".",
         check=_resolver,
+    ),
+    ControlFile(
+        "retryunit",
+        "int",
+        "send",
+        "milliseconds one second of qmail's retry schedule lasts (tests shrink it)",
+        "1000",
+        pre="One second of the retry schedule lasts ",
+        post=" ms",
+        lo=1,
+        hi=1000,
     ),
     ControlFile(
         "smtpgreeting",

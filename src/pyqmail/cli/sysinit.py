@@ -38,6 +38,7 @@ QUEUE_MODES: list[tuple[str, str, str, int]] = [
     ("queue/remote", "qmails", "qmail", 0o750),
     ("queue/remote/*", "qmails", "qmail", 0o750),
     ("queue/bounce", "qmails", "qmail", 0o750),
+    ("queue/hold", "qmails", "qmail", 0o750),
     ("queue/lock/trigger", "qmails", "qmail", 0o622),
 ]
 HOME_MODES: list[tuple[str, str, str, int]] = [

@@ -126,6 +126,7 @@ class Sender:
         self.awaiting_clean: dict[bytes, Msg | None] = {}
         self.clean_backlog: list[bytes] = []
         self.preprocessing: set[int] = set()
+        self.removing: set[int] = set()  # foop/N asked, info/S/N not yet unlinked
         self.todo_backlog: deque[int] = deque()
         self.todo_known: set[int] = set()
         self.dnum = 0
@@ -217,6 +218,7 @@ class Sender:
                 and n not in todo
                 and int(n) not in self.msgs
                 and int(n) not in self.preprocessing
+                and int(n) not in self.removing
             ]
             present = {kind: set(os.listdir(self.home.q(kind, sub))) for kind in CHANNELS}
             for i in range(0, len(names), LOAD_CHUNK):
@@ -373,6 +375,11 @@ class Sender:
         msg = self.awaiting_clean.pop(cmd, None)
         if result != b"+":
             log(f"warning: qmail-clean unable to clean up {cmd.decode(errors='replace')}")
+        if cmd.startswith(b"foop/") and msg is not None:
+            self.removing.discard(msg.msg_id)
+            if result == b"+":
+                durable.unlink_quiet(self.home.split_path("info", msg.msg_id))
+            return  # else info/ stays, and the next start-up finishes it again
         if cmd.startswith(b"todo/") and msg is not None:
             self.preprocessing.discard(msg.msg_id)
             if result != b"+":
@@ -675,10 +682,13 @@ class Sender:
         self._remove(msg)
 
     def _remove(self, msg: Msg) -> None:
-        durable.unlink_quiet(self.home.split_path("info", msg.msg_id))
+        # info/S/N goes only once clean has removed mess/S/N (_on_clean): qmail
+        # unlinks it first, and a crash between the two orphans mess/S/N until
+        # a daily scan; this way a restart finds info/ and simply asks again
         durable.unlink_quiet(hold_path(self.home, msg.msg_id))
         self.msgs.pop(msg.msg_id, None)
-        self._clean_request(b"foop/%d" % msg.msg_id, None)
+        self.removing.add(msg.msg_id)
+        self._clean_request(b"foop/%d" % msg.msg_id, msg)
         log(f"end msg {msg.msg_id}")
 
     # -- completion and bounces ------------------------------------------------------
