@@ -18,8 +18,10 @@ Theory of operation (qmail-files §6):
   it means the message is preprocessed again from scratch, with every local
   delivery flagged as "maybe done" so lspawn looks for its earlier copy.
   Each finished recipient has the first byte of its record flipped from T to
-  D. When both channel files are gone the bounce (if any) is queued, info is
-  removed and clean removes mess/S/N.
+  D. When both channel files are gone the bounce (if any) is queued, clean
+  removes mess/S/N and only then is info removed (qmail does it the other
+  way round and leaves mess/S/N to a daily scan after an ill-timed crash).
+  Operator holds are queue/hold/N; deletes drop the bounce first.
 
 Large queues: memory holds one small record per message and channel (its
 next pass time); a channel file is read when its pass starts and forgotten
