@@ -63,7 +63,7 @@ def test_extension_lookup_order_alias_and_virtualdomains(tmp_path: Path) -> None
 def test_owner_addresses_and_helper_programs(tmp_path: Path) -> None:
     home = tmp_path / "qmail"
     init_home(home)
-    alice = _user(home, "alice")
+    _user(home, "alice")
     erin = _user(home, "erin")
     (erin / ".qmail-list").write_text("&alice@localhost\n")
     (erin / ".qmail-list-owner").write_text("./Maildir/\n")
@@ -71,7 +71,9 @@ def test_owner_addresses_and_helper_programs(tmp_path: Path) -> None:
     (erin / ".qmail-vlist-owner").write_text("./Maildir/\n")
     (erin / ".qmail-vlist-owner-default").write_text("./Maildir/\n")
     (erin / ".qmail-fwd").write_text("|forward alice@localhost\n")
-    (erin / ".qmail-cond").write_text("|condredirect alice@localhost grep -q redirect-me\n./cond/\n")
+    (erin / ".qmail-cond").write_text(
+        "|condredirect alice@localhost grep -q redirect-me\n./cond/\n"
+    )
     (erin / ".qmail-bounce").write_text('|bouncesaying "This list is closed."\n')
     (erin / ".qmail-except").write_text("|except grep -q spam\n./except/\n")
     (erin / ".qmail-pre").write_text("|preline -d cat > preline.out\n")

@@ -1,4 +1,7 @@
-"""|program lines end to end through SMTP: qmail's environment and exit codes (qmail-files §5.4, §5.5)."""
+"""|program lines end to end through SMTP: qmail's environment and exit codes.
+
+qmail-files §5.4 (exit codes), §5.5 (program environment).
+"""
 
 from __future__ import annotations
 

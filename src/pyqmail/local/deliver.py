@@ -36,6 +36,9 @@ PERM_PROGRAM_CODES = {64, 65, 70, 76, 77, 78, 100, 112}
 MAX_DOTQMAIL_BYTES = 1 << 20
 HEADER_SCAN_BYTES = 1 << 20
 MBOX_LOCK_WAIT_S = 30
+# where the helper programs (forward, preline...) are installed; looked up at
+# import, as root: sysconfig loads modules a mail user may not be able to read
+SCRIPTS_DIR = sysconfig.get_path("scripts")
 
 
 class Failure(Exception):
@@ -385,10 +388,9 @@ class Delivery:
         # the helper programs (forward, preline, condredirect...) find the
         # queue through QMAILHOME and are found on PATH, as in qmail's bin/
         env["QMAILHOME"] = self.home.root
-        scripts = sysconfig.get_path("scripts")
         path = env.get("PATH", "/usr/local/bin:/usr/bin:/bin")
-        if scripts not in path.split(":"):
-            env["PATH"] = f"{path}:{scripts}"
+        if SCRIPTS_DIR not in path.split(":"):
+            env["PATH"] = f"{path}:{SCRIPTS_DIR}"
         return env
 
     def program(self, command: str, default: str | None) -> bool:
