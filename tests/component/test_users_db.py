@@ -157,3 +157,15 @@ def test_qmail_pw2u_reads_passwd_and_users_files(home: Home, tmp_path: Path) -> 
         [str(BIN / "qmail-pw2u"), "-x"], input="", capture_output=True, text=True, check=False
     )
     assert bad.returncode == 100
+
+
+def test_pyqmail_check_reports_a_stale_users_cdb_and_bad_quotas(home: Home) -> None:
+    from pyqmail.cli.main import check_home
+
+    assert check_home(home) == []
+    cdb = Path(home.users_cdb)
+    os.utime(cdb, ns=(1, 1))
+    Path(home.control("quotas")).write_text("joe:many\n")
+    problems = check_home(home)
+    assert f"{home.control('quotas')}:1: 'many' is not a byte count" in problems
+    assert any("run qmail-newu" in p for p in problems)

@@ -52,12 +52,13 @@ def test_delivery_runs_as_the_user_and_unreadable_dot_qmail_defers(
         + f"=nob:nob:{NOBODY}:{NOBODY}:{user_home}:::\n"
         + f"+nob-:nob:{NOBODY}:{NOBODY}:{user_home}:-::\n.\n"
     )
-    assert pyqmail("check", "--home", str(home)).returncode == 0
+    assert "run qmail-newu" in pyqmail("check", "--home", str(home)).stdout
     # users/cdb is what lspawn reads: the edit is live only after qmail-newu
     newu = subprocess.run(
         [str(BIN / "qmail-newu")], env=environ_with_home(home), check=False, timeout=60
     )
     assert newu.returncode == 0
+    assert pyqmail("check", "--home", str(home)).returncode == 0
     (user_home / ".qmail").write_text("./Maildir/\n|id -u > uid.txt\n")
     secret = user_home / ".qmail-secret"
     secret.write_text("./Maildir/\n")

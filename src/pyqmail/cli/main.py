@@ -70,6 +70,9 @@ def check_home(home: Home) -> list[str]:
         pwfile.load(home.root)
     except (ControlError, OSError) as exc:
         problems.append(str(exc))
+    from pyqmail.cli.localcheck import check_local
+
+    problems.extend(check_local(home))
     for loader in (SendConfig.load, SmtpdConfig.load, RemoteConfig.load):
         try:
             loader(home)
