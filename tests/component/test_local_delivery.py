@@ -233,3 +233,43 @@ def test_missing_plain_maildir_is_not_created(box: Box) -> None:
     (box.home / ".qmail").write_text("./Other/\n")
     assert deliver(box.qmail, box.job(retry=False), box.user, "")[0] == EXIT_TEMP
     assert not (box.home / "Other").exists()
+
+
+HOLDER = """\
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+if sys.argv[2] == "lockf":
+    fcntl.lockf(fd, fcntl.LOCK_EX)
+else:
+    fcntl.flock(fd, fcntl.LOCK_EX)
+print("locked", flush=True)
+time.sleep(0.5)
+os.write(fd, b"From holder Thu Jan 01 00:00:00 1970\\nSubject: holder\\n\\nx\\n\\n")
+"""
+
+
+@pytest.mark.parametrize("kind", ["lockf", "flock"])
+def test_mbox_delivery_waits_for_a_readers_lock(box: Box, kind: str) -> None:
+    """§5.6: an exclusive lock; readers use fcntl (mutt, procmail) or flock, so both."""
+    import mailbox
+    import subprocess
+    import sys
+
+    (box.home / ".qmail").write_text("./mbox\n")
+    mbox = box.home / "mbox"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(mbox), kind], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline() == "locked\n"
+        assert deliver(box.qmail, box.job(retry=False), box.user, "")[0] == EXIT_OK
+    finally:
+        holder.wait(timeout=30)
+        assert holder.stdout is not None
+        holder.stdout.close()
+    box_ = mailbox.mbox(str(mbox), create=False)
+    try:
+        assert [m["Subject"] for m in box_] == ["holder", "hi"]
+    finally:
+        box_.close()

@@ -10,15 +10,16 @@ Exit:    0; 111 on any trouble (a missing variable included).
 
 from __future__ import annotations
 
-import fcntl
 import os
 import sys
 
 from pyqmail.formats import mbox as mbox_fmt
 from pyqmail.unix import durable
+from pyqmail.unix.mboxlock import LockTimeout, lock_mbox
 
 EXIT_TEMP = 111
 MAX_MESSAGES = 1_000_000
+LOCK_WAIT_S = 30
 
 
 class Trouble(Exception):
@@ -60,7 +61,7 @@ def convert(maildir: str, mbox: str, mboxtmp: str) -> int:
         return 0
     lock = os.open(mbox, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        lock_mbox(lock, LOCK_WAIT_S)
         out = os.open(mboxtmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
             with open(mbox, "rb") as old:
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_TEMP
     try:
         convert(_env("MAILDIR"), _env("MAIL"), _env("MAILTMP"))
-    except Trouble as exc:
+    except (Trouble, LockTimeout) as exc:
         print(f"maildir2mbox: fatal: {exc}", file=sys.stderr)
         return EXIT_TEMP
     except OSError as exc:

@@ -11,7 +11,6 @@ Result:  (exit code, report) with qmail-local's codes: 0, 100, 111.
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
 import socket
 import stat
@@ -30,6 +29,7 @@ from pyqmail.formats.maildir import safe_host, unique_of
 from pyqmail.ipc.queue_proto import submit_sync
 from pyqmail.local import quota
 from pyqmail.unix import durable
+from pyqmail.unix.mboxlock import LockTimeout, lock_mbox
 
 EXIT_OK, EXIT_PERM, EXIT_TEMP = 0, 100, 111
 PERM_PROGRAM_CODES = {64, 65, 70, 76, 77, 78, 100, 112}
@@ -237,7 +237,8 @@ class Delivery:
                 forwards.append(ins.address.encode("utf-8", "surrogateescape"))
                 continue
             if forward_only:
-                raise temp("Uh-oh: .qmail has file delivery but has x bit set. (#4.7.0)")
+                kind = "prog" if isinstance(ins, dotqmail.Program) else "file"
+                raise temp(f"Uh-oh: .qmail has {kind} delivery but has x bit set. (#4.7.0)")
             if isinstance(ins, dotqmail.Maildir):
                 self.maildir(ins.path)
             elif isinstance(ins, dotqmail.Mbox):
@@ -329,17 +330,10 @@ class Delivery:
         except OSError as exc:
             raise temp(f"Unable to open {rel}: {exc.strerror}. (#4.2.1)") from exc
         try:
-            deadline = time.monotonic() + MBOX_LOCK_WAIT_S
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError as exc:
-                    if time.monotonic() > deadline:
-                        raise temp(
-                            "File has been locked for 30 seconds straight. (#4.3.0)"
-                        ) from exc
-                    time.sleep(0.1)
+            try:
+                lock_mbox(fd, MBOX_LOCK_WAIT_S)
+            except LockTimeout as exc:
+                raise temp("File has been locked for 30 seconds straight. (#4.3.0)") from exc
             start = os.lseek(fd, 0, os.SEEK_END)
             if self._has_quota():
                 self.check_quota(rel, start)
