@@ -229,6 +229,19 @@ def test_maildirplusplus_folder_is_made_and_counts_for_the_user(box: Box) -> Non
     assert len(os.listdir(box.maildir / ".Lists" / "new")) == 1
 
 
+def test_half_made_maildirplusplus_folder_is_completed(box: Box) -> None:
+    """A crash while making the folder left only .Lists/cur: the retry finishes it."""
+    (box.home / ".qmail").write_text("./Maildir/.Lists/\n")
+    (box.maildir / ".Lists" / "cur").mkdir(parents=True)
+    assert deliver(box.qmail, box.job(retry=True), box.user, "")[0] == EXIT_OK
+    assert sorted(os.listdir(box.maildir / ".Lists")) == [
+        "cur",
+        "maildirfolder",
+        "new",
+        "tmp",
+    ]
+
+
 def test_missing_plain_maildir_is_not_created(box: Box) -> None:
     (box.home / ".qmail").write_text("./Other/\n")
     assert deliver(box.qmail, box.job(retry=False), box.user, "")[0] == EXIT_TEMP

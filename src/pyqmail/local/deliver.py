@@ -10,6 +10,7 @@ Result:  (exit code, report) with qmail-local's codes: 0, 100, 111.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import socket
@@ -299,19 +300,21 @@ class Delivery:
         """
         folder = base.rstrip("/")
         parent, name = os.path.split(folder)
-        if not name.startswith(".") or name in (".", "..") or os.path.isdir(folder):
+        if not name.startswith(".") or name in (".", "..") or os.path.isdir(folder + "/tmp"):
             return
         if not all(os.path.isdir(os.path.join(parent, s)) for s in ("tmp", "new", "cur")):
             return
-        try:
-            os.mkdir(folder, 0o700)
-            for sub in ("tmp", "new", "cur"):
-                os.mkdir(os.path.join(folder, sub), 0o700)
+        # each step tolerates an earlier, interrupted attempt (or the IMAP
+        # server); tmp/ comes last: its presence means the folder is complete
+        for d in (folder, os.path.join(folder, "cur"), os.path.join(folder, "new")):
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(d, 0o700)
+        with contextlib.suppress(FileExistsError):
             os.close(durable.create_exclusive(os.path.join(folder, "maildirfolder"), 0o600))
-            durable.fsync_dir(folder)
-            durable.fsync_dir(parent)
-        except FileExistsError:
-            pass  # a concurrent delivery or the IMAP server made it
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(os.path.join(folder, "tmp"), 0o700)
+        durable.fsync_dir(folder)
+        durable.fsync_dir(parent)
 
     @staticmethod
     def _already_in_maildir(base: str, name: str) -> bool:
