@@ -131,3 +131,25 @@ def test_maildir2mbox_moves_everything_once(tmp_path: Path) -> None:
     assert froms[2].startswith("XXX ")
     assert b"\n>From me\n" in mbox.read_bytes()
     assert run(tmp_path, "maildir2mbox", env={**env, "MAILTMP": "-"}).returncode == 111
+
+
+def test_qreceipt_answers_only_a_matching_request_from_a_real_sender(tmp_path: Path) -> None:
+    """No field, or a bounce (empty SENDER / #@[]): nothing is queued (exit 0 without
+    reaching the queue); a matching field tries the queue (here: unreachable, 111)."""
+    assert run(tmp_path, "qreceipt", "joe@example.net").returncode == 0
+    assert run(tmp_path, "qreceipt").returncode == 100
+    asking = b"Notice-Requested-Upon-Delivery-To: a@b.example,\n  JOE@example.net\n"
+    msg = tmp_path / "asking"
+    msg.write_bytes(asking + MESSAGE)
+    env = {"PATH": os.environ["PATH"], "QMAILHOME": str(tmp_path / "nohome"), **ENV}
+    for sender, code in (("s@example.org", 111), ("", 0), ("#@[]", 0)):
+        with open(msg, "rb") as fh:
+            res = subprocess.run(
+                [str(BIN / "qreceipt"), "joe@example.net"],
+                stdin=fh,
+                env={**env, "SENDER": sender},
+                capture_output=True,
+                timeout=60,
+                check=False,
+            )
+        assert res.returncode == code, (sender, res.stderr)

@@ -77,6 +77,8 @@ def test_owner_addresses_and_helper_programs(tmp_path: Path) -> None:
     (erin / ".qmail-bounce").write_text('|bouncesaying "This list is closed."\n')
     (erin / ".qmail-except").write_text("|except grep -q spam\n./except/\n")
     (erin / ".qmail-pre").write_text("|preline -d cat > preline.out\n")
+    (erin / ".qmail-receipt").write_text("|qreceipt erin-receipt@localhost\n./Maildir/\n")
+    _user(home, "frank")
     for md in ("cond", "except"):
         for sub in ("tmp", "new", "cur"):
             (erin / md / sub).mkdir(parents=True)
@@ -87,6 +89,9 @@ def test_owner_addresses_and_helper_programs(tmp_path: Path) -> None:
         send(mta, pm, ["erin-cond@localhost", "erin-except@localhost"], BODY)
         send(mta, pm, ["erin-bounce@localhost", "erin-pre@localhost"], BODY)
         send(mta, pm, ["erin-except@localhost"], BODY + b"spam\r\n")
+        asking = b"Notice-Requested-Upon-Delivery-To: Erin <erin-receipt@localhost>\r\n"
+        send(mta, "frank@localhost", ["erin-receipt@localhost"], asking + BODY)
+        (receipt,) = mta.wait_for_maildir("frank")
         got = [p.read_bytes() for p in mta.wait_for_maildir("alice", 4)]
         bounces = mta.wait_for_maildir("postmaster", 2)
         wait_until(mta.queue_empty, 30, "the queue to empty")
@@ -109,6 +114,11 @@ def test_owner_addresses_and_helper_programs(tmp_path: Path) -> None:
     assert b"redirect-me" not in kept.read_bytes()
     # except: "spam" bounced, the other two were delivered
     assert len(list((erin / "except" / "new").iterdir())) == 2
+    # qreceipt: a success notice to the sender, from the null sender
+    notice = receipt.read_bytes()
+    assert notice.startswith(b"Return-Path: <>\n")
+    assert b"Subject: success notice\n" in notice
+    assert b"following address: erin-receipt@localhost. Thanks for asking." in notice
     # preline: From_ and Return-Path lines first, Delivered-To left out by -d
     pre = (erin / "preline.out").read_bytes()
     assert pre.startswith(b"From postmaster@localhost ")
