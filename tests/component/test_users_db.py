@@ -159,13 +159,14 @@ def test_qmail_pw2u_reads_passwd_and_users_files(home: Home, tmp_path: Path) -> 
     assert bad.returncode == 100
 
 
-def test_pyqmail_check_reports_a_stale_users_cdb_and_bad_quotas(home: Home) -> None:
+def test_pyqmail_check_warns_of_a_stale_users_cdb_and_refuses_bad_quotas(home: Home) -> None:
+    from pyqmail.cli.localcheck import check_local
     from pyqmail.cli.main import check_home
 
     assert check_home(home) == []
-    cdb = Path(home.users_cdb)
-    os.utime(cdb, ns=(1, 1))
+    assert check_local(home) == []
+    os.utime(Path(home.users_cdb), ns=(1, 1))
     Path(home.control("quotas")).write_text("joe:many\n")
     problems = check_home(home)
-    assert any(p.startswith(f"{home.control('quotas')}:1: ") for p in problems), problems
-    assert any("run qmail-newu" in p for p in problems)
+    assert [p for p in problems if p.startswith(f"{home.control('quotas')}:1: ")], problems
+    assert any("run qmail-newu" in w for w in check_local(home))

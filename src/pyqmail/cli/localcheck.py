@@ -1,4 +1,4 @@
-"""``pyqmail check``'s part for local delivery: a users/cdb older than users/assign.
+"""``pyqmail check``'s warning for local delivery: a users/cdb older than users/assign.
 
 (control/quotas is checked with the other control files, in controlfiles.py.)
 """

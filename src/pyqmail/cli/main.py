@@ -70,9 +70,6 @@ def check_home(home: Home) -> list[str]:
         pwfile.load(home.root)
     except (ControlError, OSError) as exc:
         problems.append(str(exc))
-    from pyqmail.cli.localcheck import check_local
-
-    problems.extend(check_local(home))
     for loader in (SendConfig.load, SmtpdConfig.load, RemoteConfig.load):
         try:
             loader(home)
@@ -86,7 +83,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     problems = check_home(home)
     for p in problems:
         print(p)
-    for warning in check_controls(home)[1]:
+    from pyqmail.cli.localcheck import check_local
+
+    for warning in check_controls(home)[1] + check_local(home):
         print(warning)
     if not problems:
         print(f"{home.root}: ok")
