@@ -54,6 +54,10 @@ class Home:
     def assign(self) -> str:
         return os.path.join(self.root, "users", "assign")
 
+    @property
+    def users_cdb(self) -> str:
+        return os.path.join(self.root, "users", "cdb")
+
 
 def read_control(home: Home, name: str) -> str | None:
     """The file's text, or None when it does not exist (any other error raises)."""

@@ -76,6 +76,14 @@ def _smtproute(line: str) -> str | None:
     return _host(host) or (_port(port) if colon else None)
 
 
+def _quota(line: str) -> str | None:
+    _user, sep, value = line.partition(":")
+    value = value.strip()
+    if not sep or not (value.isascii() and value.isdigit()):
+        return f"{line!r} is not user:BYTES (or :BYTES)"
+    return None
+
+
 def _virtualdomain(line: str) -> str | None:
     key, sep, prepend = line.partition(":")
     if not sep:
@@ -374,6 +382,16 @@ CONTROL_FILES: tuple[ControlFile, ...] = (
         post=" seconds",
         lo=0,
         hi=86400 * 365,
+    ),
+    ControlFile(
+        "quotas",
+        "list",
+        "local",
+        "mailbox soft limits: user:BYTES, :BYTES for everyone else, 0 for none",
+        "No mailbox quotas.",
+        pre="Mailbox quota (user:bytes): ",
+        post=".",
+        check=_quota,
     ),
     ControlFile(
         "rcpthosts",

@@ -163,3 +163,126 @@ def test_missing_maildir_is_temporary(box: Box) -> None:
     (box.home / ".qmail").write_text("./NoSuchMaildir/\n")
     code, _ = deliver(box.qmail, box.job(retry=False), box.user, "")
     assert code == EXIT_TEMP
+
+
+def test_symlinked_dot_qmail_is_followed(box: Box) -> None:
+    """qmail opens .qmail files with open_read: a symlink works (common for lists)."""
+    real = box.home / "rules"
+    real.write_text("./Maildir/\n")
+    real.chmod(0o644)
+    (box.home / ".qmail").unlink()
+    (box.home / ".qmail").symlink_to(real)
+    assert deliver(box.qmail, box.job(retry=False), box.user, "./Nothing/")[0] == EXIT_OK
+    assert box.files("new") == [_name()]
+
+
+def test_fifo_dot_qmail_defers_without_hanging(box: Box) -> None:
+    (box.home / ".qmail").unlink()
+    os.mkfifo(box.home / ".qmail")
+    code, report = deliver(box.qmail, box.job(retry=False), box.user, "./Maildir/")
+    assert (code, report) == (EXIT_TEMP, "Unable to read .qmail: not a regular file. (#4.2.1)")
+
+
+def test_every_program_reads_the_whole_message(box: Box) -> None:
+    """qmail-local rewinds fd 0 for each program line."""
+    (box.home / ".qmail").write_text("|cat > one\n|cat > two\n")
+    code, report = deliver(box.qmail, box.job(retry=False), box.user, "")
+    assert (code, report) == (EXIT_OK, "did 0+0+2\n")
+    assert (box.home / "one").read_bytes() == MESSAGE
+    assert (box.home / "two").read_bytes() == MESSAGE
+
+
+def test_program_exit_99_keeps_earlier_forwards_and_skips_later_lines(box: Box) -> None:
+    """§5.4: 99 stops; forwards already collected are still sent (here: no queue
+    writer, so the forward's failure shows they were attempted)."""
+    (box.home / ".qmail").write_text("&x@example.org\n|exit 99\n./Maildir/\n")
+    code, report = deliver(box.qmail, box.job(retry=False), box.user, "")
+    assert code == EXIT_TEMP
+    assert "qq unable to reach the queue writer" in report
+    assert box.files("new") == []
+
+
+def test_mbox_over_quota_defers_and_soft_limit_lets_one_cross(box: Box) -> None:
+    (box.home / ".qmail").write_text("./mbox\n")
+    Path(box.qmail.root, "control").mkdir(parents=True)
+    Path(box.qmail.control("quotas")).write_text(":10\n")
+    assert deliver(box.qmail, box.job(retry=False), box.user, "")[0] == EXIT_OK
+    code, report = deliver(box.qmail, box.job(retry=False), box.user, "")
+    assert (code, report) == (EXIT_TEMP, "Sorry, ./mbox is over its quota of 10 bytes. (#4.2.2)")
+
+
+def test_maildirplusplus_folder_is_made_and_counts_for_the_user(box: Box) -> None:
+    """A missing ./Maildir/.Folder/ under a Maildir is created (with maildirfolder);
+    the quota counts the whole Maildir, folders included."""
+    (box.home / ".qmail").write_text("./Maildir/.Lists/\n")
+    Path(box.qmail.root, "control").mkdir(parents=True)
+    Path(box.qmail.control("quotas")).write_text("joe:100\n")
+    (box.maildir / "cur" / "big:2,S").write_bytes(b"x" * 100)
+    code, report = deliver(box.qmail, box.job(retry=False), box.user, "")
+    assert (code, report) == (
+        EXIT_TEMP,
+        "Sorry, ./Maildir/.Lists/ is over its quota of 100 bytes. (#4.2.2)",
+    )
+    assert (box.maildir / ".Lists" / "maildirfolder").exists()
+    (box.maildir / "cur" / "big:2,S").unlink()
+    assert deliver(box.qmail, box.job(retry=False), box.user, "")[0] == EXIT_OK
+    assert len(os.listdir(box.maildir / ".Lists" / "new")) == 1
+
+
+def test_half_made_maildirplusplus_folder_is_completed(box: Box) -> None:
+    """A crash while making the folder left only .Lists/cur: the retry finishes it."""
+    (box.home / ".qmail").write_text("./Maildir/.Lists/\n")
+    (box.maildir / ".Lists" / "cur").mkdir(parents=True)
+    assert deliver(box.qmail, box.job(retry=True), box.user, "")[0] == EXIT_OK
+    assert sorted(os.listdir(box.maildir / ".Lists")) == [
+        "cur",
+        "maildirfolder",
+        "new",
+        "tmp",
+    ]
+
+
+def test_missing_plain_maildir_is_not_created(box: Box) -> None:
+    (box.home / ".qmail").write_text("./Other/\n")
+    assert deliver(box.qmail, box.job(retry=False), box.user, "")[0] == EXIT_TEMP
+    assert not (box.home / "Other").exists()
+
+
+HOLDER = """\
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+if sys.argv[2] == "lockf":
+    fcntl.lockf(fd, fcntl.LOCK_EX)
+else:
+    fcntl.flock(fd, fcntl.LOCK_EX)
+print("locked", flush=True)
+time.sleep(0.5)
+os.write(fd, b"From holder Thu Jan 01 00:00:00 1970\\nSubject: holder\\n\\nx\\n\\n")
+"""
+
+
+@pytest.mark.parametrize("kind", ["lockf", "flock"])
+def test_mbox_delivery_waits_for_a_readers_lock(box: Box, kind: str) -> None:
+    """§5.6: an exclusive lock; readers use fcntl (mutt, procmail) or flock, so both."""
+    import mailbox
+    import subprocess
+    import sys
+
+    (box.home / ".qmail").write_text("./mbox\n")
+    mbox = box.home / "mbox"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(mbox), kind], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline() == "locked\n"
+        assert deliver(box.qmail, box.job(retry=False), box.user, "")[0] == EXIT_OK
+    finally:
+        holder.wait(timeout=30)
+        assert holder.stdout is not None
+        holder.stdout.close()
+    box_ = mailbox.mbox(str(mbox), create=False)
+    try:
+        assert [m["Subject"] for m in box_] == ["holder", "hi"]
+    finally:
+        box_.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import os
 
+from pyqmail.cli.newu import compile_users
 from pyqmail.config import Home
 from pyqmail.formats.assign import format_assign_line, parse_assign
 from pyqmail.layout import make_queue
@@ -75,6 +76,9 @@ def init_home(home: Home, me: str) -> list[str]:
         known = parse_assign(fh.read(), path=home.assign)
     if known.lookup("postmaster") is None:
         add_user(home, "postmaster")
+    if not os.path.exists(home.users_cdb):
+        compile_users(home)  # lspawn reads users/cdb, as qmail-lspawn does
+        written.append(home.users_cdb)
     return written
 
 
@@ -130,4 +134,5 @@ def add_user(home: Home, name: str) -> str:
             out.flush()
             os.fsync(out.fileno())
         os.rename(tmp, home.assign)
+        compile_users(home)  # qmail-newu: the new user is live only once users/cdb has it
     return uhome

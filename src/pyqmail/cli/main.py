@@ -83,7 +83,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     problems = check_home(home)
     for p in problems:
         print(p)
-    for warning in check_controls(home)[1]:
+    from pyqmail.cli.localcheck import check_local
+
+    for warning in check_controls(home)[1] + check_local(home):
         print(warning)
     if not problems:
         print(f"{home.root}: ok")

@@ -35,6 +35,11 @@ Instruction = Comment | Program | Forward | Maildir | Mbox
 _SAFEEXT = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ.", "abcdefghijklmnopqrstuvwxyz:")
 
 
+def safe_ext(ext: str) -> str:
+    """qmail-local's safeext: ASCII lowercase, ``.`` -> ``:`` (same length as ext)."""
+    return ext.translate(_SAFEEXT)
+
+
 def parse_line(raw: str) -> Instruction:
     """One .qmail line (trailing blanks already ignored here)."""
     line = raw.rstrip(" \t")

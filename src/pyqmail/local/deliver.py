@@ -10,30 +10,36 @@ Result:  (exit code, report) with qmail-local's codes: 0, 100, 111.
 
 from __future__ import annotations
 
+import contextlib
 import errno
-import fcntl
 import os
 import socket
 import stat
 import subprocess
+import sysconfig
 import time
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from pyqmail.config import Home
+from pyqmail.config import Home, read_control
 from pyqmail.formats import dotqmail
 from pyqmail.formats import envelope as env_fmt
+from pyqmail.formats import mbox as mbox_fmt
 from pyqmail.formats.assign import UserMatch
-from pyqmail.formats.dates import mbox_date
 from pyqmail.formats.maildir import safe_host, unique_of
 from pyqmail.ipc.queue_proto import submit_sync
+from pyqmail.local import quota
 from pyqmail.unix import durable
+from pyqmail.unix.mboxlock import LockTimeout, lock_mbox
 
 EXIT_OK, EXIT_PERM, EXIT_TEMP = 0, 100, 111
 PERM_PROGRAM_CODES = {64, 65, 70, 76, 77, 78, 100, 112}
 MAX_DOTQMAIL_BYTES = 1 << 20
 HEADER_SCAN_BYTES = 1 << 20
 MBOX_LOCK_WAIT_S = 30
+# where the helper programs (forward, preline...) are installed; looked up at
+# import, as root: sysconfig loads modules a mail user may not be able to read
+SCRIPTS_DIR = sysconfig.get_path("scripts")
 
 
 class Failure(Exception):
@@ -93,9 +99,7 @@ def dtline(recipient: bytes) -> bytes:
 
 
 def ufline(sender: bytes, now: float) -> bytes:
-    s = sender or b"MAILER-DAEMON"
-    s = s.replace(b" ", b"-").replace(b"\t", b"-").replace(b"\n", b"-")
-    return b"From " + s + b" " + mbox_date(now).encode() + b"\n"
+    return mbox_fmt.from_line(sender, now)
 
 
 def header_has_line(msg: bytes, line: bytes) -> bool:
@@ -129,6 +133,8 @@ class Delivery:
         self.dt = dtline(job.recipient)
         self.rp = rpline(job.sender)
         self._msg: bytes | None = None
+        self._newsender: bytes | None = None
+        self._quotas: dict[str, int] | None = None
 
     @property
     def message(self) -> bytes:
@@ -152,15 +158,19 @@ class Delivery:
         for name, default in dotqmail.candidate_files(u.dash, u.ext):
             path = os.path.join(u.home, name)
             try:
-                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                # symlinks are followed, as qmail's open_read does; O_NONBLOCK
+                # so a FIFO named .qmail-x cannot hang the delivery
+                fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
             except OSError as exc:
-                if exc.errno in (errno.EACCES, errno.EPERM, errno.EIO, errno.EAGAIN):
+                if exc.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ENAMETOOLONG):
                     raise temp(f"Unable to open {name}: {exc.strerror}. (#4.2.1)") from exc
                 continue
             try:
                 fst = os.fstat(fd)
                 if not stat.S_ISREG(fst.st_mode):
-                    continue
+                    # qmail skips it as absent; a directory or FIFO where the
+                    # user meant a .qmail is a mistake better kept than bounced
+                    raise temp(f"Unable to read {name}: not a regular file. (#4.2.1)")
                 if fst.st_mode & stat.S_IWOTH:
                     raise temp("Uh-oh: .qmail file is writable. (#4.7.0)")
                 data = os.read(fd, MAX_DOTQMAIL_BYTES)
@@ -180,6 +190,40 @@ class Delivery:
             raise perm("Sorry, no mailbox here by that name. (#5.1.1)")
         return [self.aliasempty], None, False
 
+    def _is_file(self, name: str) -> bool:
+        try:
+            return stat.S_ISREG(os.stat(os.path.join(self.user.home, name)).st_mode)
+        except OSError:
+            return False
+
+    def newsender(self) -> bytes:
+        """The sender for forwards (qmail-files §5.7): the owner address if any."""
+        if self._newsender is None:
+            sender = self.job.sender
+            owner = f".qmail{self.user.dash}{dotqmail.safe_ext(self.user.ext)}-owner"
+            if sender and sender != b"#@[]" and self._is_file(owner):
+                if self._is_file(owner + "-default"):
+                    sender = self.local + b"-owner-@" + self.domain + b"-@[]"
+                else:
+                    sender = self.local + b"-owner@" + self.domain
+            self._newsender = sender
+        return self._newsender
+
+    def check_quota(self, rel: str, used: int) -> None:
+        """Soft limit: defer when the mailbox is already at or over the user's quota."""
+        if self._quotas is None:
+            path = self.home.control("quotas")
+            try:
+                self._quotas = quota.parse_quotas(read_control(self.home, "quotas"), path=path)
+            except (OSError, ValueError) as exc:
+                raise temp(f"Unable to read control/quotas: {exc}. (#4.3.0)") from exc
+        limit = quota.limit_for(self._quotas, self.user.user)
+        if limit and used >= limit:
+            raise temp(f"Sorry, {rel} is over its quota of {limit} bytes. (#4.2.2)")
+
+    def _has_quota(self) -> bool:
+        return os.path.exists(self.home.control("quotas"))
+
     # -- the instructions ------------------------------------------------------
     def run(self) -> str:
         if header_has_line(self.message, self.dt):
@@ -194,7 +238,8 @@ class Delivery:
                 forwards.append(ins.address.encode("utf-8", "surrogateescape"))
                 continue
             if forward_only:
-                raise temp("Uh-oh: .qmail has file delivery but has x bit set. (#4.7.0)")
+                kind = "prog" if isinstance(ins, dotqmail.Program) else "file"
+                raise temp(f"Uh-oh: .qmail has {kind} delivery but has x bit set. (#4.7.0)")
             if isinstance(ins, dotqmail.Maildir):
                 self.maildir(ins.path)
             elif isinstance(ins, dotqmail.Mbox):
@@ -216,6 +261,13 @@ class Delivery:
         if self.job.retry and self._already_in_maildir(base, name):
             self.out.files += 1
             return
+        self._make_subfolder(base)
+        if self._has_quota():
+            try:
+                used = quota.maildir_bytes(base)
+            except OSError as exc:
+                raise temp(f"Unable to measure {rel}: {exc}. (#4.3.0)") from exc
+            self.check_quota(rel, used)
         tmp = os.path.join(base, "tmp", f"{name}.{os.getpid()}")
         try:
             durable.unlink_quiet(tmp)
@@ -240,6 +292,31 @@ class Delivery:
         self.out.files += 1
 
     @staticmethod
+    def _make_subfolder(base: str) -> None:
+        """A missing Maildir++ folder (``Maildir/.Name/``) is made, as IMAP servers do.
+
+        Only under an existing Maildir, only a dot-name: any other missing
+        Maildir stays a temporary failure, as in qmail.
+        """
+        folder = base.rstrip("/")
+        parent, name = os.path.split(folder)
+        if not name.startswith(".") or name in (".", "..") or os.path.isdir(folder + "/tmp"):
+            return
+        if not all(os.path.isdir(os.path.join(parent, s)) for s in ("tmp", "new", "cur")):
+            return
+        # each step tolerates an earlier, interrupted attempt (or the IMAP
+        # server); tmp/ comes last: its presence means the folder is complete
+        for d in (folder, os.path.join(folder, "cur"), os.path.join(folder, "new")):
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(d, 0o700)
+        with contextlib.suppress(FileExistsError):
+            os.close(durable.create_exclusive(os.path.join(folder, "maildirfolder"), 0o600))
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(os.path.join(folder, "tmp"), 0o700)
+        durable.fsync_dir(folder)
+        durable.fsync_dir(parent)
+
+    @staticmethod
     def _already_in_maildir(base: str, name: str) -> bool:
         if os.path.exists(os.path.join(base, "new", name)):
             return True
@@ -256,27 +333,16 @@ class Delivery:
         except OSError as exc:
             raise temp(f"Unable to open {rel}: {exc.strerror}. (#4.2.1)") from exc
         try:
-            deadline = time.monotonic() + MBOX_LOCK_WAIT_S
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError as exc:
-                    if time.monotonic() > deadline:
-                        raise temp(
-                            "File has been locked for 30 seconds straight. (#4.3.0)"
-                        ) from exc
-                    time.sleep(0.1)
-            start = os.lseek(fd, 0, os.SEEK_END)
-            body = b"".join(
-                b">" + ln if ln.lstrip(b">").startswith(b"From ") else ln
-                for ln in self.message.splitlines(keepends=True)
-            )
-            tail = b"\n" if body.endswith(b"\n") else b"\n\n"
             try:
-                durable.write_all(
-                    fd, ufline(self.job.sender, time.time()) + self.rp + self.dt + body + tail
-                )
+                lock_mbox(fd, MBOX_LOCK_WAIT_S)
+            except LockTimeout as exc:
+                raise temp("File has been locked for 30 seconds straight. (#4.3.0)") from exc
+            start = os.lseek(fd, 0, os.SEEK_END)
+            if self._has_quota():
+                self.check_quota(rel, start)
+            head = ufline(self.job.sender, time.time()) + self.rp + self.dt
+            try:
+                durable.write_all(fd, mbox_fmt.entry(head, self.message))
                 os.fsync(fd)
             except OSError as exc:
                 os.ftruncate(fd, start)
@@ -297,7 +363,7 @@ class Delivery:
         env = dict(os.environ)
         env.update(
             SENDER=s(self.job.sender),
-            NEWSENDER=s(self.job.sender),
+            NEWSENDER=s(self.newsender()),
             RECIPIENT=s(self.job.recipient),
             USER=u.user,
             HOME=u.home,
@@ -316,6 +382,12 @@ class Delivery:
         )
         if default is not None:
             env["DEFAULT"] = default
+        # the helper programs (forward, preline, condredirect...) find the
+        # queue through QMAILHOME and are found on PATH, as in qmail's bin/
+        env["QMAILHOME"] = self.home.root
+        path = env.get("PATH", "/usr/local/bin:/usr/bin:/bin")
+        if SCRIPTS_DIR not in path.split(":"):
+            env["PATH"] = f"{path}:{SCRIPTS_DIR}"
         return env
 
     def program(self, command: str, default: str | None) -> bool:
@@ -343,7 +415,7 @@ class Delivery:
         raise temp(output or f"Program exited {code}. (#4.3.0)")
 
     def forward(self, addresses: list[bytes]) -> str:
-        wire = env_fmt.format_wire(env_fmt.Envelope(self.job.sender, tuple(addresses)))
+        wire = env_fmt.format_wire(env_fmt.Envelope(self.newsender(), tuple(addresses)))
         res = submit_sync(self.home.writer_socket, b"local", self.dt + self.message, wire)
         if res.status == "D":
             raise perm(res.text)

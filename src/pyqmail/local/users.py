@@ -1,56 +1,109 @@
-"""Who receives a local part: users/assign, then (as root) passwd, then alias.
+"""Who receives a local part: users/cdb (or users/assign), then passwd, then alias.
 
-qmail-lspawn's order (qmail-files §4): users/assign (qmail-newu's cdb in
-qmail), else qmail-getpw's passwd rules, else the alias user.
+qmail-lspawn's order (qmail-files §4): the assignments compiled by
+qmail-newu into users/cdb, else qmail-getpw's passwd rules (only when
+running as root: otherwise every delivery runs as the one invoking user
+anyway), else the alias user.
+
+As in qmail, users/cdb wins when it exists: edits to users/assign take effect
+when qmail-newu runs (``pyqmail adduser`` runs it). A home without users/cdb
+(an embedded home set up by hand) has its users/assign read directly.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import pwd
 from collections.abc import Callable
+from typing import Protocol
+
+import cdblib
 
 from pyqmail.config import Home
-from pyqmail.formats.assign import Assign, UserMatch, parse_assign
+from pyqmail.formats import userscdb
+from pyqmail.formats.assign import UserMatch, parse_assign
 
 MAX_PW_NAME = 32
+MAX_USERS_CDB_BYTES = 1 << 30
+
+
+class UserDb(Protocol):
+    def lookup(self, local: str) -> UserMatch | None: ...
+
+
+class CdbUsers:
+    """users/cdb read into memory once; lookups follow qmail-lspawn exactly."""
+
+    def __init__(self, data: bytes, path: str) -> None:
+        self.path = path
+        try:
+            self._reader = cdblib.Reader(data=data)
+        except (OSError, ValueError, IndexError) as exc:
+            raise userscdb.UsersCdbError(f"{path}: not a cdb file ({exc})") from exc
+
+    def _get(self, key: bytes) -> bytes | None:
+        try:
+            value: bytes | None = self._reader.get(key)
+        except (ValueError, IndexError) as exc:  # a truncated or corrupt file
+            raise userscdb.UsersCdbError(f"{self.path}: corrupt ({exc})") from exc
+        return value
+
+    def lookup(self, local: str) -> UserMatch | None:
+        return userscdb.lookup(self._get, local.encode("utf-8", "surrogateescape"))
 
 
 class AssignCache:
-    """users/assign parsed once and re-read when the file changes."""
+    """users/cdb (else users/assign) loaded once and again when the file changes."""
 
     def __init__(self, home: Home) -> None:
         self.home = home
-        self._stamp: tuple[int, int] | None = None
-        self._assign: Assign | None = None
+        self._stamp: tuple[str, int, int, int] | None = None
+        self._db: UserDb | None = None
 
-    def get(self) -> Assign | None:
-        try:
-            st = os.stat(self.home.assign)
-        except FileNotFoundError:
-            self._stamp, self._assign = None, None
-            return None
-        stamp = (st.st_mtime_ns, st.st_size)
-        if stamp != self._stamp:
-            with open(self.home.assign, encoding="utf-8", errors="surrogateescape") as fh:
-                self._assign = parse_assign(fh.read(), path=self.home.assign)
-            self._stamp = stamp
-        return self._assign
+    def get(self) -> UserDb | None:
+        for path in (self.home.users_cdb, self.home.assign):
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:
+                continue
+            stamp = (path, st.st_ino, st.st_mtime_ns, st.st_size)
+            if stamp != self._stamp:
+                self._db = self._load(path)
+                self._stamp = stamp
+            return self._db
+        self._stamp, self._db = None, None
+        return None
+
+    def _load(self, path: str) -> UserDb:
+        if path == self.home.users_cdb:
+            with open(path, "rb") as fh:
+                data = fh.read(MAX_USERS_CDB_BYTES + 1)
+            if len(data) > MAX_USERS_CDB_BYTES:
+                raise userscdb.UsersCdbError(f"{path}: over {MAX_USERS_CDB_BYTES} bytes")
+            return CdbUsers(data, path)
+        with open(path, encoding="utf-8", errors="surrogateescape") as fh:
+            return parse_assign(fh.read(), path=path)
 
 
-def getpw(local: str, on_stat_error: Callable[[OSError], None] | None = None) -> UserMatch | None:
+def getpw(
+    local: str,
+    on_stat_error: Callable[[OSError], None] | None = None,
+    getpwnam: Callable[[str], pwd.struct_passwd] = pwd.getpwnam,
+) -> UserMatch | None:
     """qmail-getpw: the whole local part, then prefixes ending before a '-'.
 
-    A home directory that cannot be stat'ed is "not a user"; on_stat_error
-    (the qmail-getpw program's) may raise instead when the error is temporary.
+    A candidate is a user when its uid is not 0 and its home exists and is
+    owned by it. A home that cannot be stat'ed is "not a user"; on_stat_error
+    may raise instead when the error is temporary (qmail-getpw's exit 115).
     """
     cuts = [len(local)] + [i for i in range(len(local) - 1, 0, -1) if local[i] == "-"]
     for cut in cuts:
         name = local[:cut].lower()
-        if len(name) >= MAX_PW_NAME or not name:
+        if len(name) >= MAX_PW_NAME or not name or "\0" in name:
             continue
         try:
-            pw = pwd.getpwnam(name)
+            pw = getpwnam(name)
         except KeyError:
             continue
         if pw.pw_uid == 0:
@@ -69,13 +122,20 @@ def getpw(local: str, on_stat_error: Callable[[OSError], None] | None = None) ->
     return None
 
 
-def resolve(local: str, home: Home, assign: Assign | None) -> UserMatch | None:
-    if assign is not None:
-        hit = assign.lookup(local)
+def _defer_unless_missing(exc: OSError) -> None:
+    """A home that is there but cannot be examined: defer rather than misroute."""
+    if exc.errno not in (errno.ENOENT, errno.ENOTDIR):
+        raise exc
+
+
+def resolve(local: str, home: Home, users: UserDb | None) -> UserMatch | None:
+    """The user for local, or None when not even the alias user exists (temporary)."""
+    if users is not None:
+        hit = users.lookup(local)
         if hit is not None:
             return hit
     if os.geteuid() == 0:
-        hit = getpw(local)
+        hit = getpw(local, _defer_unless_missing)
         if hit is not None:
             return hit
     alias_home = os.path.join(home.root, "alias")

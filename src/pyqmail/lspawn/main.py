@@ -2,7 +2,7 @@
 
 Runs as: root when started as root (only to become each recipient); the
          invoking user in embedded mode.
-Reads:   delivery requests from send on its Unix socket; users/assign;
+Reads:   delivery requests from send on its Unix socket; users/cdb (or users/assign);
          control/defaultdelivery.
 Writes:  nothing itself; each forked child delivers as the recipient.
 Trusts:  send's requests are parsed strictly (6 fields, bounded sizes);
@@ -163,13 +163,12 @@ class Spawner:
         if not local_b:
             self._reply(conn, job_id, b"Kdid 0+0+0\n")  # @domain is the trash address
             return
-        try:
-            assign = self.assign.get()
-        except (OSError, ValueError) as exc:
-            self._reply(conn, job_id, f"ZUnable to read users/assign: {exc}. (#4.3.0)".encode())
-            return
         local = local_b.decode("utf-8", "surrogateescape")
-        user = resolve(local, self.home, assign)
+        try:
+            user = resolve(local, self.home, self.assign.get())
+        except (OSError, ValueError) as exc:
+            self._reply(conn, job_id, f"ZUnable to look up the user: {exc}. (#4.3.0)".encode())
+            return
         if user is None:
             self._reply(conn, job_id, b"ZUnable to find alias user! (#4.3.0)")
             return

@@ -1,0 +1,172 @@
+"""users/cdb, users/assign and passwd lookups with real files (qmail-files §4).
+
+qmail-newu compiles users/assign into users/cdb; lspawn reads the cdb (edits
+to users/assign are live only after qmail-newu); qmail-getpw's passwd rules.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from pyqmail.cli.homeinit import init_home
+from pyqmail.cli.newu import compile_users
+from pyqmail.config import Home
+from pyqmail.formats.assign import UserMatch
+from pyqmail.formats.userscdb import UsersCdbError
+from pyqmail.local.users import AssignCache, getpw, resolve
+from tests.harness import BIN, environ_with_home
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Home:
+    h = Home(str(tmp_path / "qmail"))
+    init_home(h, "localhost")
+    return h
+
+
+def _assign(home: Home, *lines: str) -> None:
+    Path(home.assign).write_text("".join(ln + "\n" for ln in lines) + ".\n")
+
+
+def test_lspawn_reads_users_cdb_and_assign_edits_wait_for_qmail_newu(home: Home) -> None:
+    cache = AssignCache(home)
+    db = cache.get()
+    assert db is not None
+    assert db.lookup("postmaster") is not None
+    _assign(home, "=joe:joe:1001:100:/home/joe:::")
+    db = cache.get()
+    assert db is not None
+    assert db.lookup("joe") is None  # users/cdb is unchanged until qmail-newu runs
+    res = subprocess.run(
+        [str(BIN / "qmail-newu")], env=environ_with_home(Path(home.root)), check=False
+    )
+    assert res.returncode == 0
+    db = cache.get()
+    assert db is not None
+    assert db.lookup("JOE") == UserMatch("joe", 1001, 100, "/home/joe", "", "")
+    assert db.lookup("postmaster") is None
+
+
+def test_without_users_cdb_users_assign_is_read(home: Home) -> None:
+    os.unlink(home.users_cdb)
+    _assign(home, "+joe-:joe:1:1:/j:-::")
+    db = AssignCache(home).get()
+    assert db is not None
+    assert db.lookup("joe-x") == UserMatch("joe", 1, 1, "/j", "-", "x")
+
+
+def test_qmail_newu_refuses_a_bad_file_and_keeps_the_old_cdb(home: Home) -> None:
+    before = Path(home.users_cdb).read_bytes()
+    Path(home.assign).write_text("=joe:joe:x:1:/j:::\n.\n")
+    res = subprocess.run(
+        [str(BIN / "qmail-newu")],
+        env=environ_with_home(Path(home.root)),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert res.returncode == 111
+    assert "users/assign:1: uid and gid must be numbers" in res.stderr
+    assert Path(home.users_cdb).read_bytes() == before
+
+
+def test_corrupt_users_cdb_is_our_error(home: Home) -> None:
+    Path(home.users_cdb).write_bytes(b"\xff" * 100)
+    with pytest.raises(UsersCdbError):
+        AssignCache(home).get()
+
+
+def test_alias_user_takes_what_nobody_claims(home: Home) -> None:
+    compile_users(home)
+    match = resolve("Nobody-Here", home, AssignCache(home).get())
+    assert match is not None
+    assert (match.user, match.home, match.dash, match.ext) == (
+        "alias",
+        os.path.join(home.root, "alias"),
+        "-",
+        "Nobody-Here",
+    )
+
+
+def _pw(name: str, uid: int, home: str) -> pwd.struct_passwd:
+    return pwd.struct_passwd((name, "x", uid, 100, "", home, "/bin/sh"))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
+def test_getpw_rules(tmp_path: Path) -> None:
+    """qmail-getpw: longest name first, prefixes end before '-', uid 0 never,
+    home must exist and belong to the user; lowercase lookup."""
+    homes = {n: tmp_path / n for n in ("joe", "joe-sub", "stolen")}
+    for n, p in homes.items():
+        p.mkdir()
+        os.chown(p, 0 if n == "stolen" else 4242, 0)
+    table = {
+        "joe": _pw("joe", 4242, str(homes["joe"])),
+        "joe-sub": _pw("joe-sub", 4242, str(homes["joe-sub"])),
+        "root": _pw("root", 0, str(tmp_path)),
+        "stolen": _pw("stolen", 4242, str(homes["stolen"])),
+        "gone": _pw("gone", 4242, str(tmp_path / "missing")),
+    }
+
+    def getpwnam(name: str) -> pwd.struct_passwd:
+        return table[name]
+
+    assert getpw("joe", getpwnam=getpwnam) == UserMatch("joe", 4242, 100, str(homes["joe"]), "", "")
+    assert getpw("JOE-Sub-X", getpwnam=getpwnam) == UserMatch(
+        "joe-sub", 4242, 100, str(homes["joe-sub"]), "-", "X"
+    )
+    assert getpw("joe-other-y", getpwnam=getpwnam) == UserMatch(
+        "joe", 4242, 100, str(homes["joe"]), "-", "other-y"
+    )
+    assert getpw("root", getpwnam=getpwnam) is None
+    assert getpw("stolen-x", getpwnam=getpwnam) is None
+    assert getpw("gone", getpwnam=getpwnam) is None
+
+
+def test_qmail_pw2u_reads_passwd_and_users_files(home: Home, tmp_path: Path) -> None:
+    joe = tmp_path / "joe"  # -H: homes are not looked at
+    uid, gid = 4242, 4343
+    users = Path(home.root) / "users"
+    (users / "mailnames").write_text("joe:joe:js\n")
+    (users / "append").write_text("=extra:joe:1:1:/x:::\n")
+    passwd = (
+        f"alias:x:{uid}:{gid}::{home.root}/alias:/bin/true\n"
+        f"root:x:0:0::/root:/bin/sh\n"
+        f"joe:x:{uid}:{gid}::{joe}:/bin/sh\n"
+    )
+    res = subprocess.run(
+        [str(BIN / "qmail-pw2u"), "-H"],
+        input=passwd,
+        env=environ_with_home(Path(home.root)),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert res.returncode == 0, res.stderr
+    out = res.stdout.splitlines()
+    assert f"=js:joe:{uid}:{gid}:{joe}:::" in out
+    assert f"+:alias:{uid}:{gid}:{home.root}/alias:-::" in out
+    assert not any(":root:" in line for line in out)
+    assert out[-2:] == ["=extra:joe:1:1:/x:::", "."]
+    bad = subprocess.run(
+        [str(BIN / "qmail-pw2u"), "-x"], input="", capture_output=True, text=True, check=False
+    )
+    assert bad.returncode == 100
+
+
+def test_pyqmail_check_warns_of_a_stale_users_cdb_and_refuses_bad_quotas(home: Home) -> None:
+    from pyqmail.cli.localcheck import check_local
+    from pyqmail.cli.main import check_home
+
+    assert check_home(home) == []
+    assert check_local(home) == []
+    os.utime(Path(home.users_cdb), ns=(1, 1))
+    Path(home.control("quotas")).write_text("joe:many\n")
+    problems = check_home(home)
+    assert [p for p in problems if p.startswith(f"{home.control('quotas')}:1: ")], problems
+    assert any("run qmail-newu" in w for w in check_local(home))
