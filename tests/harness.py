@@ -8,6 +8,7 @@ import email.message
 import os
 import re
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -15,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 BIN = Path(sys.executable).parent
 
@@ -157,24 +159,64 @@ class Received:
     mail_from: bytes
     rcpts: list[bytes]
     data: bytes
+    tls: bool = False  # the transaction ran under STARTTLS
+    peer: str = ""  # the client's address
+    params: bytes = b""  # MAIL FROM parameters (SIZE=, BODY=, SMTPUTF8)
+    connection: int = 0  # which connection (1, 2, ...) carried it
 
 
 @dataclass
 class Sink:
     """Accepts, defers or rejects per recipient: a local part starting with
-    'defer' gets 451, 'reject' gets 550; everything else is accepted."""
+    'defer' gets 451, 'reject' gets 550; everything else is accepted.
+
+    Options for remote-delivery tests: greet with another name, offer
+    STARTTLS with tls_context, answer EHLO with 500 (HELO only), advertise a
+    SIZE limit or SMTPUTF8, accept at most max_rcpts per transaction (then
+    452, RFC 5321 §4.5.3.1.10). DATA without an accepted recipient gets 554
+    (RFC 2920 §3.1), as real servers answer a pipelined DATA.
+    """
 
     port: int = 0
     messages: list[Received] = field(default_factory=list)
     connections: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
     accept_everything: bool = False  # set to stop deferring and rejecting
+    name: str = "sink"
+    tls_context: ssl.SSLContext | None = None
+    ehlo: bool = True
+    size_limit: int = 0
+    smtputf8: bool = False
+    max_rcpts: int = 0
+    peers: list[str] = field(default_factory=list)
+    helos: list[bytes] = field(default_factory=list)
+    drop_after: int = 0  # close each connection after this many messages, unasked
+    die_after_dot: bool = False  # take the whole message, then hang up without a reply
+    greeting: bytes = b""  # a whole greeting line instead of "220 NAME ESMTP"
+
+    def _ehlo_reply(self, tls: bool) -> bytes:
+        words = [self.name.encode(), b"PIPELINING", b"8BITMIME"]
+        words.append(b"SIZE %d" % self.size_limit if self.size_limit else b"SIZE")
+        if self.smtputf8:
+            words.append(b"SMTPUTF8")
+        if self.tls_context is not None and not tls:
+            words.append(b"STARTTLS")
+        return b"".join(b"250-" + w + b"\r\n" for w in words[:-1]) + b"250 " + words[-1] + b"\r\n"
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")[0]
         with self.lock:
             self.connections += 1
-        writer.write(b"220 sink ESMTP\r\n")
-        mail_from, rcpts = b"", list[bytes]()
+            conn_no = self.connections
+            self.peers.append(peer)
+        writer.write(self.greeting or b"220 " + self.name.encode() + b" ESMTP\r\n")
+        if self.greeting[:1] in (b"4", b"5"):
+            await writer.drain()
+            writer.close()
+            return
+        mail_from, params, rcpts = b"", b"", list[bytes]()
+        tls = False
+        taken = 0
         try:
             while True:
                 line = await reader.readline()
@@ -183,33 +225,62 @@ class Sink:
                 cmd = line.rstrip(b"\r\n")
                 verb = cmd[:4].upper()
                 if verb == b"EHLO":
-                    writer.write(b"250-sink\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SIZE\r\n")
+                    with self.lock:
+                        self.helos.append(cmd)
+                    writer.write(self._ehlo_reply(tls) if self.ehlo else b"500 say HELO\r\n")
                 elif verb == b"HELO":
-                    writer.write(b"250 sink\r\n")
+                    with self.lock:
+                        self.helos.append(cmd)
+                    writer.write(b"250 " + self.name.encode() + b"\r\n")
+                elif cmd.upper() == b"STARTTLS" and self.tls_context is not None and not tls:
+                    writer.write(b"220 go ahead\r\n")
+                    await writer.drain()
+                    await writer.start_tls(self.tls_context)
+                    tls = True
+                    mail_from, rcpts = b"", []
+                    continue
                 elif verb == b"MAIL":
-                    mail_from, rcpts = cmd[10:].split(b">")[0].lstrip(b"<"), []
+                    path, _, params = cmd[10:].partition(b">")
+                    mail_from, params, rcpts = path.lstrip(b"<"), params.strip(), []
                     writer.write(b"250 ok\r\n")
                 elif verb == b"RCPT":
                     addr = cmd[8:].split(b">")[0].lstrip(b"<")
-                    if addr.startswith(b"defer") and not self.accept_everything:
+                    if self.max_rcpts and len(rcpts) >= self.max_rcpts:
+                        writer.write(b"452 4.5.3 too many recipients\r\n")
+                    elif addr.startswith(b"defer") and not self.accept_everything:
                         writer.write(b"451 try later\r\n")
                     elif addr.startswith(b"reject") and not self.accept_everything:
                         writer.write(b"550 no such user\r\n")
                     else:
                         rcpts.append(addr)
                         writer.write(b"250 ok\r\n")
+                elif verb == b"DATA" and not rcpts:
+                    writer.write(b"554 no valid recipients\r\n")
                 elif verb == b"DATA":
                     writer.write(b"354 go\r\n")
                     await writer.drain()
                     lines = []
                     while True:
                         ln = await reader.readline()
-                        if ln in (b".\r\n", b""):
+                        if not ln:
+                            return  # no final dot: not a message
+                        if ln == b".\r\n":
                             break
                         lines.append(ln[1:] if ln.startswith(b".") else ln)
+                    if self.die_after_dot:
+                        return
+                    got = Received(mail_from, rcpts, b"".join(lines), tls, peer, params, conn_no)
                     with self.lock:
-                        self.messages.append(Received(mail_from, rcpts, b"".join(lines)))
+                        self.messages.append(got)
+                    mail_from, rcpts = b"", []
                     writer.write(b"250 accepted\r\n")
+                    taken += 1
+                    if self.drop_after and taken >= self.drop_after:
+                        await writer.drain()
+                        return
+                elif verb == b"RSET":
+                    mail_from, rcpts = b"", []
+                    writer.write(b"250 ok\r\n")
                 elif verb == b"QUIT":
                     writer.write(b"221 bye\r\n")
                     await writer.drain()
@@ -224,14 +295,14 @@ class Sink:
 
 
 @contextlib.contextmanager
-def running_sink() -> Iterator[Sink]:
-    sink = Sink()
+def running_sink(host: str = "127.0.0.1", port: int = 0, **options: Any) -> Iterator[Sink]:
+    sink = Sink(**options)
     loop = asyncio.new_event_loop()
     started = threading.Event()
     server_box: list[asyncio.base_events.Server] = []
 
     async def main() -> None:
-        server = await asyncio.start_server(sink.handle, "127.0.0.1", 0)
+        server = await asyncio.start_server(sink.handle, host, port)
         sink.port = server.sockets[0].getsockname()[1]
         server_box.append(server)
         started.set()

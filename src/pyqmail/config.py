@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass, field
 
 from pyqmail.formats import control
+from pyqmail.formats.tlspolicy import TlsPolicy, parse_tlsdestinations
 
 SPLIT = 23  # conf-split: subdirectories of mess/, info/, local/, remote/
 DEFAULT_HOME = "/var/qmail"
@@ -185,15 +186,44 @@ class RemoteConfig:
     timeoutconnect: int
     timeoutremote: int
     resolvers: tuple[str, ...]
+    me: str = ""
+    smtpport: int = 25
+    outgoingip: tuple[control.IPNetwork, ...] = ()
+    tlsdestinations: dict[str, TlsPolicy] = field(default_factory=dict)
+    clientcert: str | None = None
+    remoteidletime: int = 10
+    remoteidlemax: int = 40
+    timeoutdns: int = 30
+    moreipme: tuple[control.IPNetwork, ...] = ()
+    notipme: tuple[control.IPNetwork, ...] = ()
 
     @classmethod
     def load(cls, home: Home) -> RemoteConfig:
+        clientcert = home.control("clientcert.pem")
         return cls(
             helohost=_line_or_me(home, "helohost", ""),
             smtproutes=control.parse_colon_map(read_control(home, "smtproutes")),
             timeoutconnect=control.parse_int(read_control(home, "timeoutconnect"), 60),
             timeoutremote=control.parse_int(read_control(home, "timeoutremote"), 1200),
             resolvers=tuple(control.parse_list(read_control(home, "resolvers"))),
+            me=_me(home) or "",
+            smtpport=control.parse_int(read_control(home, "smtpport"), 25),
+            outgoingip=control.parse_networks(
+                read_control(home, "outgoingip"), path=home.control("outgoingip")
+            ),
+            tlsdestinations=parse_tlsdestinations(
+                read_control(home, "tlsdestinations"), path=home.control("tlsdestinations")
+            ),
+            clientcert=clientcert if os.path.exists(clientcert) else None,
+            remoteidletime=control.parse_int(read_control(home, "remoteidletime"), 10),
+            remoteidlemax=control.parse_int(read_control(home, "remoteidlemax"), 40),
+            timeoutdns=max(1, control.parse_int(read_control(home, "timeoutdns"), 30)),
+            moreipme=control.parse_networks(
+                read_control(home, "moreipme"), path=home.control("moreipme")
+            ),
+            notipme=control.parse_networks(
+                read_control(home, "notipme"), path=home.control("notipme")
+            ),
         )
 
 

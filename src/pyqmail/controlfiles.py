@@ -18,6 +18,7 @@ from pyqmail.config import BOUNCE_FORMATS, QMQP_PORT, Home, parse_server, read_c
 from pyqmail.formats import control
 from pyqmail.formats.control import ControlError
 from pyqmail.formats.tcprules import parse_rules
+from pyqmail.formats.tlspolicy import parse_tlsdestinations
 
 LineCheck = Callable[[str], str | None]  # one line -> why it is wrong, or None
 
@@ -116,6 +117,22 @@ def _qmqp_server(line: str) -> str | None:
 def _bounceformat(line: str) -> str | None:
     if line.lower() not in BOUNCE_FORMATS:
         return f"{line!r} is not one of {', '.join(BOUNCE_FORMATS)}"
+    return None
+
+
+def _network(line: str) -> str | None:
+    try:
+        ipaddress.ip_network(line.strip("[]"), strict=False)
+    except ValueError:
+        return f"{line!r} is not an IP address"
+    return None
+
+
+def _tlsdestination(line: str) -> str | None:
+    try:
+        parse_tlsdestinations(line, path="")
+    except ControlError as exc:
+        return exc.why
     return None
 
 
@@ -334,6 +351,36 @@ CONTROL_FILES: tuple[ControlFile, ...] = (
         hi=1 << 44,
     ),
     ControlFile(
+        "moreipme",
+        "list",
+        "remote",
+        "addresses (or addr/prefix) that are this host too, for the MX loop rule",
+        "No extra addresses are mine.",
+        pre="Also mine: ",
+        post=".",
+        check=_network,
+    ),
+    ControlFile(
+        "notipme",
+        "list",
+        "remote",
+        "addresses (or addr/prefix) of this host not to count as mine",
+        "Every local address is mine.",
+        pre="Not mine: ",
+        post=".",
+        check=_network,
+    ),
+    ControlFile(
+        "outgoingip",
+        "list",
+        "remote",
+        "source address for remote connections, one per family",
+        "The kernel picks the source address.",
+        pre="Remote connections from ",
+        post=".",
+        check=_network,
+    ),
+    ControlFile(
         "percenthack",
         "list",
         "send",
@@ -414,6 +461,27 @@ CONTROL_FILES: tuple[ControlFile, ...] = (
         hi=1000,
     ),
     ControlFile(
+        "remoteidlemax",
+        "int",
+        "remote",
+        "idle SMTP connections kept open in all",
+        "40",
+        pre="Idle SMTP connections kept: at most ",
+        lo=0,
+        hi=10000,
+    ),
+    ControlFile(
+        "remoteidletime",
+        "int",
+        "remote",
+        "seconds an SMTP connection waits for the next message to its host, 0 = no reuse",
+        "10",
+        pre="SMTP connections are reused for ",
+        post=" seconds",
+        lo=0,
+        hi=3600,
+    ),
+    ControlFile(
         "resolvers",
         "list",
         "remote",
@@ -442,6 +510,16 @@ CONTROL_FILES: tuple[ControlFile, ...] = (
         "smtpgreeting",
         pre="SMTP greeting: 220 ",
         default_me=True,
+    ),
+    ControlFile(
+        "smtpport",
+        "int",
+        "remote",
+        "port for SMTP to MX hosts and domain addresses (smtproutes carry their own)",
+        "25",
+        pre="SMTP client port is ",
+        lo=1,
+        hi=65535,
     ),
     ControlFile(
         "smtproutes",
@@ -488,6 +566,17 @@ CONTROL_FILES: tuple[ControlFile, ...] = (
         hi=86400,
     ),
     ControlFile(
+        "timeoutdns",
+        "int",
+        "remote",
+        "seconds a DNS lookup may take before the delivery is deferred",
+        "30",
+        pre="DNS lookups time out after ",
+        post=" seconds",
+        lo=1,
+        hi=3600,
+    ),
+    ControlFile(
         "timeoutremote",
         "int",
         "remote",
@@ -508,6 +597,15 @@ CONTROL_FILES: tuple[ControlFile, ...] = (
         post=" seconds",
         lo=0,
         hi=86400 * 7,
+    ),
+    ControlFile(
+        "tlsdestinations",
+        "list",
+        "remote",
+        "TLS per domain: domain:none|may|encrypt|verify[:cafile]",
+        "STARTTLS whenever offered, certificates not checked.",
+        pre="TLS policy: ",
+        check=_tlsdestination,
     ),
     ControlFile(
         "virtualdomains",

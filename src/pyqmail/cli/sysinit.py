@@ -40,6 +40,7 @@ QUEUE_MODES: list[tuple[str, str, str, int]] = [
     ("queue/bounce", "qmails", "qmail", 0o750),
     ("queue/hold", "qmails", "qmail", 0o750),
     ("queue/lock/trigger", "qmails", "qmail", 0o622),
+    ("queue/lock/tcpto", "qmailr", "qmail", 0o644),
 ]
 HOME_MODES: list[tuple[str, str, str, int]] = [
     ("", "root", "qmail", 0o755),
@@ -91,8 +92,10 @@ def apply_system_modes(home: Home, ids: dict[str, Ids]) -> None:
         path = home.control(name)
         if os.path.isfile(path):
             os.chown(path, 0, gids["qmail"])
-            # the key is for the listeners (qmaild, group nofiles) and root only
-            os.chmod(path, 0o640 if name == "servercert.pem" else 0o644)
+            # the key is for the listeners (qmaild, group nofiles) and root only;
+            # clientcert.pem's for rspawn (qmailr, group qmail)
+            secret = name in ("servercert.pem", "clientcert.pem")
+            os.chmod(path, 0o640 if secret else 0o644)
             if name == "servercert.pem":
                 os.chown(path, 0, gids["nofiles"])
     alias = ids["alias"]

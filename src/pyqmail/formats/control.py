@@ -5,6 +5,8 @@ Pure: callers hand in the file's text (or None when the file does not exist).
 
 from __future__ import annotations
 
+import ipaddress
+
 _ASCII_DIGITS = "0123456789"  # str.isdigit() also accepts "²", which int() refuses
 
 
@@ -90,3 +92,22 @@ def domain_keys(domain: str) -> list[str]:
         keys.append(domain[pos:])
         pos = domain.find(".", pos + 1)
     return keys
+
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_networks(text: str | None, *, path: str) -> tuple[IPNetwork, ...]:
+    """One IP address or ``address/prefix`` a line (moreipme, notipme, outgoingip)."""
+    out: list[IPNetwork] = []
+    if text is None:
+        return ()
+    for lineno, raw in enumerate(text.split("\n"), 1):
+        line = raw.strip(" \t\r")
+        if not line or line.startswith("#"):
+            continue
+        try:
+            out.append(ipaddress.ip_network(line.strip("[]"), strict=False))
+        except ValueError:
+            raise ControlError(path, lineno, f"{line!r} is not an IP address") from None
+    return tuple(out)

@@ -28,8 +28,8 @@ from pyqmail.config import QmtpConfig, RemoteConfig
 from pyqmail.formats.control import domain_keys
 from pyqmail.formats.netstring import NetstringError
 from pyqmail.proto.qmtp.client import ResponseReader, qmtp_package
-from pyqmail.remote import smtp
-from pyqmail.remote.route import RouteError, Target, _addresses, literal_ip, smtproute
+from pyqmail.remote.deliver import Remote, RemoteJob
+from pyqmail.remote.route import RouteError, Target, addresses, literal_ip, smtproute
 
 QMTP_PORT = 209
 SERVER_TEXT_LIMIT = 5000
@@ -72,7 +72,7 @@ async def qmtp_targets(
         ip = literal_ip(relay)
         if ip:
             return [Target(relay, ip, port)]
-        return [Target(relay, a, port) for a in await _addresses(res, relay)]
+        return [Target(relay, a, port) for a in await addresses(res, relay)]
     if smtproute(domain, rcfg) is not None or literal_ip(domain):
         return []  # an artificial SMTP route or an address literal: no MX to read
     try:
@@ -86,7 +86,7 @@ async def qmtp_targets(
     )
     out: list[Target] = []
     for _pref, name in mxs:
-        out.extend(Target(name, a, QMTP_PORT) for a in await _addresses(res, name))
+        out.extend(Target(name, a, QMTP_PORT) for a in await addresses(res, name))
     return out
 
 
@@ -145,7 +145,7 @@ async def _session(
 
 
 async def deliver_qmtp(
-    job: smtp.RemoteJob, targets: list[Target], cfg: RemoteConfig
+    job: RemoteJob, targets: list[Target], cfg: RemoteConfig
 ) -> list[bytes] | None:
     """Per-recipient reports; None when no QMTP connection could be made."""
     n = len(job.recipients)
@@ -169,19 +169,15 @@ async def deliver_qmtp(
     return None
 
 
-async def deliver(
-    job: smtp.RemoteJob,
-    cfg: RemoteConfig,
-    res: dns.asyncresolver.Resolver,
-    qcfg: QmtpConfig,
-) -> list[bytes]:
-    """QMTP where qmtproutes or MXPS say so and a connection is made, else SMTP."""
+async def deliver(job: RemoteJob, remote: Remote, qcfg: QmtpConfig) -> list[bytes]:
+    """QMTP where qmtproutes or MXPS say so and a connection is made, else SMTP
+    (remote/deliver.py, with its connection pool and TLS)."""
     try:
-        targets = await qmtp_targets(job.domain, cfg, qcfg, res)
+        targets = await qmtp_targets(job.domain, remote.cfg, qcfg, remote.resolver)
     except RouteError:
         targets = []
     if targets:
-        got = await deliver_qmtp(job, targets, cfg)
+        got = await deliver_qmtp(job, targets, remote.cfg)
         if got is not None:
             return got
-    return await smtp.deliver(job, cfg, res)
+    return await remote.deliver(job)

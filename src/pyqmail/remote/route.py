@@ -1,13 +1,26 @@
-"""Where mail for a domain goes: smtproutes, then MX, then A/AAAA (qmail-remote)."""
+"""Where mail for a domain goes: smtproutes, then MX, then A/AAAA (qmail-remote).
+
+qmail-remote's rules, kept: an smtproutes match wins (its relay is looked up
+by address, never by MX); equal MX preferences are tried in random order;
+no MX means the domain's own addresses (implicit MX, RFC 5321 §5.1); MX
+hosts at or worse than our own best preference are dropped, and if that
+leaves nothing the mail "loops back to myself" (qmail's #5.4.6 text).
+Beyond qmail: RFC 7505 null MX is a permanent failure, AAAA is looked up
+beside A (IPv6 first, as RFC 6724 prefers), CNAMEs are followed by the
+resolver but the recipient address is never rewritten (RFC 5321 §5.1).
+"""
 
 from __future__ import annotations
 
 import ipaddress
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import dns.asyncresolver
 import dns.exception
+import dns.name
+import dns.nameserver
 import dns.rdatatype
 import dns.resolver
 
@@ -15,6 +28,15 @@ from pyqmail.config import RemoteConfig
 from pyqmail.formats.control import domain_keys
 
 SMTP_PORT = 25
+DNS_PORT = 53
+MAX_MX = 30  # more exchangers than anyone runs; a bound on work per message
+MAX_ADDRESSES = 20
+
+TEMP_DNS = "Sorry, I couldn't find any host by that name. (#4.1.2)"
+AMBIGUOUS_MX = (
+    "Sorry. Although I'm listed as a best-preference MX or A for that host,\n"
+    "it isn't in my control/locals file, so I don't treat it as local. (#5.4.6)"
+)
 
 
 class RouteError(Exception):
@@ -26,9 +48,10 @@ class RouteError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    host: str  # name, for TLS and logs
+    host: str  # the name connected to: for TLS verification and logs
     ip: str
     port: int
+    pref: int | None = None  # MX preference; None for smtproutes and literals
 
 
 def smtproute(domain: str, cfg: RemoteConfig) -> tuple[str, int] | None:
@@ -52,23 +75,29 @@ def smtproute(domain: str, cfg: RemoteConfig) -> tuple[str, int] | None:
     return None
 
 
+def parse_resolver(entry: str) -> tuple[str, int]:
+    """control/resolvers line: ``IP``, ``IPv4:PORT``, ``[IPv6]:PORT`` or a bare IPv6."""
+    host, port = entry, DNS_PORT
+    if entry.startswith("["):
+        host, _, p = entry[1:].partition("]")
+        if p.startswith(":") and p[1:].isdigit():
+            port = int(p[1:])
+    elif entry.count(":") == 1:
+        host, _, p = entry.partition(":")
+        if p.isdigit():
+            port = int(p)
+    return host, port
+
+
 def make_resolver(cfg: RemoteConfig) -> dns.asyncresolver.Resolver:
-    if not cfg.resolvers:
-        return dns.asyncresolver.Resolver()
-    res = dns.asyncresolver.Resolver(configure=False)
-    servers = []
-    for entry in cfg.resolvers:
-        host, port = entry, 53
-        if entry.count(":") == 1:
-            host, _, p = entry.partition(":")
-            port = int(p) if p.isdigit() else 53
-        elif entry.startswith("["):
-            host, _, p = entry[1:].partition("]:")
-            port = int(p) if p.isdigit() else 53
-        servers.append(host)
-        res.port = port
-    res.nameservers = servers
-    res.lifetime = 10.0
+    """/etc/resolv.conf's servers, or control/resolvers' (each with its own port)."""
+    if cfg.resolvers:
+        res = dns.asyncresolver.Resolver(configure=False)
+        res.nameservers = [dns.nameserver.Do53Nameserver(*parse_resolver(e)) for e in cfg.resolvers]
+    else:
+        res = dns.asyncresolver.Resolver()
+    res.lifetime = float(cfg.timeoutdns)
+    res.timeout = min(res.timeout, res.lifetime)
     return res
 
 
@@ -81,54 +110,91 @@ def literal_ip(host: str) -> str | None:
         return None
 
 
-async def _addresses(res: dns.asyncresolver.Resolver, name: str) -> list[str]:
+async def _lookup(
+    res: dns.asyncresolver.Resolver, name: str, rtype: str
+) -> dns.resolver.Answer | None:
+    """The answer, None when the name has no such records; RouteError otherwise."""
+    try:
+        return await res.resolve(name, rtype)
+    except dns.resolver.NXDOMAIN as exc:
+        raise RouteError("D", f"Sorry, I couldn't find any host named {name}. (#5.1.2)") from exc
+    except dns.resolver.NoAnswer:
+        return None
+    except (dns.name.NameTooLong, dns.name.LabelTooLong, dns.name.EmptyLabel) as exc:
+        raise RouteError("D", f"Sorry, I couldn't find any host named {name}. (#5.1.2)") from exc
+    except dns.exception.DNSException as exc:  # timeout, SERVFAIL, REFUSED, no servers
+        raise RouteError("Z", TEMP_DNS) from exc
+
+
+async def addresses(res: dns.asyncresolver.Resolver, name: str) -> list[str]:
+    """AAAA then A addresses of name; [] when it has none; RouteError on DNS trouble."""
     ips: list[str] = []
-    temp = False
     for rtype in ("AAAA", "A"):
-        try:
-            answer = await res.resolve(name, rtype)
+        answer = await _lookup(res, name, rtype)
+        if answer is not None:
             ips.extend(r.to_text() for r in answer)
-        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
-            continue
-        except (dns.exception.Timeout, dns.resolver.NoNameservers):
-            temp = True
-    if not ips and temp:
-        raise RouteError("Z", "Sorry, I couldn't find any host by that name. (#4.1.2)")
-    return ips
+    return ips[:MAX_ADDRESSES]
 
 
-async def targets(domain: str, cfg: RemoteConfig, res: dns.asyncresolver.Resolver) -> list[Target]:
-    """Every address to try, best first."""
+async def targets(
+    domain: str,
+    cfg: RemoteConfig,
+    res: dns.asyncresolver.Resolver,
+    is_me: Callable[[str], bool] = lambda _ip: False,
+) -> list[Target]:
+    """Every address to try, best first. RouteError when there is none to try."""
     route = smtproute(domain, cfg)
     if route is not None:
         relay, port = route
         ip = literal_ip(relay)
         if ip:
             return [Target(relay, ip, port)]
-        return [Target(relay, a, port) for a in await _addresses(res, relay)]
+        ips = await addresses(res, relay)
+        if not ips:
+            raise RouteError("Z", f"Sorry, I couldn't find any host named {relay}. (#4.1.2)")
+        return [Target(relay, a, port) for a in ips]
     ip = literal_ip(domain)
     if ip:
-        return [Target(domain, ip, SMTP_PORT)]
-    try:
-        answer = await res.resolve(domain, "MX")
-        mxs = [(r.preference, r.exchange.to_text().rstrip(".")) for r in answer]
-    except dns.resolver.NXDOMAIN as exc:
-        raise RouteError("D", f"Sorry, I couldn't find any host named {domain}. (#5.1.2)") from exc
-    except dns.resolver.NoAnswer:
-        mxs = []
-    except (dns.exception.Timeout, dns.resolver.NoNameservers) as exc:
-        raise RouteError("Z", "Sorry, I couldn't find any host by that name. (#4.1.2)") from exc
-    if any(name in ("", ".") for _p, name in mxs) and len(mxs) == 1:
-        # RFC 7505 null MX: the domain accepts no mail
+        return _not_me([Target(domain, ip, cfg.smtpport, 0)], is_me)
+    answer = await _lookup(res, domain, "MX")
+    mxs = [] if answer is None else [(r.preference, r.exchange) for r in answer][:MAX_MX]
+    if len(mxs) == 1 and mxs[0][1] == dns.name.root:
+        # RFC 7505: a single MX of "." says the domain accepts no mail
         raise RouteError("D", f"Sorry, {domain} does not accept mail (null MX). (#5.1.10)")
     if not mxs:
-        ips = await _addresses(res, domain)
+        ips = await addresses(res, domain)
         if not ips:
             raise RouteError("D", "Sorry, I couldn't find a mail exchanger or IP address. (#5.4.4)")
-        return [Target(domain, a, SMTP_PORT) for a in ips]
-    random.shuffle(mxs)  # equal preferences in random order; sort is stable
+        return _not_me([Target(domain, a, cfg.smtpport, 0) for a in ips], is_me)
+    random.shuffle(mxs)  # equal preferences in random order; the sort is stable
     mxs.sort(key=lambda m: m[0])
     out: list[Target] = []
-    for _pref, name in mxs:
-        out.extend(Target(name, a, SMTP_PORT) for a in await _addresses(res, name))
-    return out
+    trouble: RouteError | None = None
+    for pref, exchange in mxs:
+        if exchange == dns.name.root:
+            continue
+        name = exchange.to_text(omit_final_dot=True)
+        try:
+            ips = await addresses(res, name)
+        except RouteError as exc:
+            if exc.status == "Z" and trouble is None:
+                trouble = exc  # defer unless another exchanger can be reached
+            continue
+        out.extend(Target(name, a, cfg.smtpport, pref) for a in ips)
+    if not out:
+        if trouble is not None:
+            raise trouble
+        raise RouteError("D", "Sorry, I couldn't find a mail exchanger or IP address. (#5.4.4)")
+    return _not_me(out, is_me)
+
+
+def _not_me(found: list[Target], is_me: Callable[[str], bool]) -> list[Target]:
+    """qmail's rule: drop exchangers no better than our own best preference."""
+    mine = [t.pref for t in found if t.pref is not None and is_me(t.ip)]
+    if not mine:
+        return found
+    best_me = min(mine)
+    kept = [t for t in found if t.pref is not None and t.pref < best_me]
+    if not kept:
+        raise RouteError("D", AMBIGUOUS_MX)
+    return kept

@@ -1,48 +1,72 @@
-"""qmail-remote: one message, one domain, many recipients, over SMTP.
+"""qmail-remote's SMTP client: one connection, then many messages over it.
 
 Runs as: qmailr (the invoking user in embedded mode), inside rspawn.
-Reads:   the queued message; control/{helohost,smtproutes,timeoutconnect,
-         timeoutremote,resolvers}.
+Reads:   nothing itself; remote/deliver.py hands it the message and settings.
 Trusts:  nothing from the remote server: replies are parsed with bounded
          line length and count, and its text is cut before it reaches logs.
-Standards: RFC 5321, 1870 (SIZE), 2920 (PIPELINING), 6152 (8BITMIME), 6531.
+Standards: RFC 5321, 1870 (SIZE), 2920 (PIPELINING), 3207 (STARTTLS),
+         6152 (8BITMIME), 6531 (SMTPUTF8).
+
+Theory of operation. deliver.py connects; ``start_session`` reads the
+greeting, says EHLO (HELO when EHLO is refused), upgrades with STARTTLS as
+the policy asks and says EHLO again. ``send_message`` drives the sans-IO
+``ClientTransaction`` (proto/smtp/transaction.py) over the connection: with
+PIPELINING a message over a reused connection costs two round trips, and
+recipients refused with 452 go again in a further transaction. The session
+then goes back to the pool in deliver.py for the next message to the same
+host.
 
 Result texts follow qmail-remote's reports (qmail-protocols §2.2), one per
-recipient: K (accepted), Z (try again later) or D (give up).
+recipient: K (accepted), Z (try again later) or D (give up), each with the
+remote's reply ("Remote host said: ...").
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from dataclasses import dataclass
+import ssl
+import time
+from dataclasses import dataclass, field
 
-import dns.asyncresolver
-
-from pyqmail.config import RemoteConfig
 from pyqmail.proto.smtp.client import (
     ReplyError,
     ReplyParser,
     ServerReply,
-    dot_stuff,
     ehlo_keywords,
-    path,
 )
-from pyqmail.remote.route import RouteError, Target, targets
+from pyqmail.proto.smtp.transaction import (
+    ClientTransaction,
+    Outcome,
+    Stage,
+    TransactionError,
+)
+from pyqmail.remote.route import Target, literal_ip
 
 SERVER_TEXT_LIMIT = 5000
-
-
-@dataclass(frozen=True, slots=True)
-class RemoteJob:
-    message_path: str
-    sender: bytes
-    recipients: tuple[bytes, ...]
-    domain: str
+READ_CHUNK = 65536
 
 
 class Died(Exception):
-    pass
+    """The connection broke or the server spoke something that is not SMTP."""
+
+
+@dataclass(frozen=True, slots=True)
+class NextHost:
+    """This host cannot take the message now; try the next one (text if none can)."""
+
+    text: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """One message as sent: the envelope and the wire form of the body."""
+
+    sender: bytes
+    recipients: tuple[bytes, ...]
+    size: int
+    eightbit: bool
+    wire: bytes  # dot-stuffed, CRLF, ending with ".\r\n"
 
 
 def said(reply: ServerReply) -> bytes:
@@ -50,28 +74,49 @@ def said(reply: ServerReply) -> bytes:
     return b"Remote host said: " + text + b"\n"
 
 
+def _status(reply: ServerReply) -> bytes:
+    return b"D" if reply.kind == 5 else b"Z"
+
+
+@dataclass(eq=False)
 class Session:
-    def __init__(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, timeout: float
-    ) -> None:
-        self.reader = reader
-        self.writer = writer
-        self.timeout = timeout
-        self.parser = ReplyParser()
-        self.pending: list[ServerReply] = []
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    timeout: float
+    target: Target
+    parser: ReplyParser = field(default_factory=ReplyParser)
+    pending: list[ServerReply] = field(default_factory=list)
+    ext: dict[bytes, bytes] = field(default_factory=dict)
+    tls: bool = False
+    needs_rset: bool = False
+    broken: bool = False
+    messages: int = 0
+    opened: float = field(default_factory=time.monotonic)
+    idle_since: float = 0.0
+    raw: asyncio.BaseTransport | None = None  # the TCP transport under any TLS
+
+    def __post_init__(self) -> None:
+        self.raw = self.writer.transport
+
+    @property
+    def ip(self) -> bytes:
+        return self.target.ip.encode()
 
     async def reply(self) -> ServerReply:
         while not self.pending:
             try:
                 async with asyncio.timeout(self.timeout):
-                    data = await self.reader.read(65536)
+                    data = await self.reader.read(READ_CHUNK)
             except (TimeoutError, OSError) as exc:
+                self.broken = True
                 raise Died from exc
             if not data:
+                self.broken = True
                 raise Died
             try:
                 self.pending.extend(self.parser.feed(data))
             except ReplyError as exc:
+                self.broken = True
                 raise Died from exc
         return self.pending.pop(0)
 
@@ -81,126 +126,240 @@ class Session:
             async with asyncio.timeout(self.timeout):
                 await self.writer.drain()
         except (TimeoutError, OSError) as exc:
+            self.broken = True
             raise Died from exc
 
+    async def command(self, line: bytes) -> ServerReply:
+        await self.send(line)
+        return await self.reply()
+
+    @property
+    def usable(self) -> bool:
+        return not (self.broken or self.writer.is_closing() or self.reader.at_eof())
+
     def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self.writer.write(b"QUIT\r\n")
+        """QUIT without waiting for the answer, as qmail-remote does.
+
+        A broken session (a failed TLS handshake, a dead peer) is aborted at
+        the socket: a TLS layer in a failed state may never let go of it.
+        """
+        if not self.writer.is_closing() and not self.broken:
+            with contextlib.suppress(OSError, RuntimeError):
+                self.writer.write(b"QUIT\r\n")
         self.writer.close()
+        if self.broken and isinstance(self.raw, asyncio.Transport):
+            self.raw.abort()
+
+    async def wait_closed(self) -> None:
+        with contextlib.suppress(OSError, RuntimeError, ssl.SSLError):
+            await self.writer.wait_closed()
 
 
-async def deliver(
-    job: RemoteJob, cfg: RemoteConfig, res: dns.asyncresolver.Resolver
-) -> list[bytes]:
-    """Per-recipient reports, in job.recipients order."""
-    n = len(job.recipients)
+# -- opening --------------------------------------------------------------------------
+
+
+class TlsTrouble(Exception):
+    """STARTTLS failed after it was started: the connection is unusable."""
+
+    def __init__(self, text: bytes) -> None:
+        super().__init__(text)
+        self.text = text
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """What open_session needs to know besides the target."""
+
+    helohost: str
+    own_names: frozenset[str]  # lowercased: a server answering with one loops back to us
+    tls: ssl.SSLContext | None  # None: never STARTTLS
+    tls_required: bool
+
+
+def _name_in(reply: ServerReply) -> str:
+    first = reply.lines[0] if reply.lines else b""
+    return first.split(b" ", 1)[0].decode("ascii", "replace").lower()
+
+
+async def _ehlo(s: Session, helohost: bytes) -> ServerReply | NextHost:
+    hello = await s.command(b"EHLO " + helohost + b"\r\n")
+    if hello.code == 250:
+        s.ext = ehlo_keywords(hello)
+        return hello
+    if hello.code == 421:
+        return NextHost(b"ZConnected to " + s.ip + b" but my name was rejected.\n" + said(hello))
+    hello = await s.command(b"HELO " + helohost + b"\r\n")
+    if hello.code != 250:
+        return NextHost(b"ZConnected to " + s.ip + b" but my name was rejected.\n" + said(hello))
+    s.ext = {}
+    return hello
+
+
+def _loops(s: Session, reply: ServerReply, hello: Hello) -> NextHost | None:
+    name = _name_in(reply)
+    if name and name in hello.own_names:
+        return NextHost(
+            b"DConnected to "
+            + s.ip
+            + b" but it greeted me as "
+            + name.encode()
+            + b": mail for this host loops back to myself. (#5.4.6)\n"
+            + said(reply)
+        )
+    return None
+
+
+async def start_session(s: Session, hello: Hello) -> NextHost | None:
+    """Greeting, EHLO/HELO, STARTTLS and EHLO again; None when ready for MAIL.
+
+    Raises Died (connection lost) and TlsTrouble (handshake failed).
+    """
+    greet = await s.reply()
+    if greet.code != 220:
+        return NextHost(b"ZConnected to " + s.ip + b" but greeting failed.\n" + said(greet))
+    looped = _loops(s, greet, hello)
+    if looped:
+        return looped
+    helo = hello.helohost.encode()
+    answer = await _ehlo(s, helo)
+    if isinstance(answer, NextHost):
+        return answer
+    looped = _loops(s, answer, hello)
+    if looped:
+        return looped
+    if hello.tls is None:
+        return None
+    if b"STARTTLS" not in s.ext:
+        if hello.tls_required:
+            return NextHost(
+                b"ZConnected to " + s.ip + b" but TLS is required and it does not offer "
+                b"STARTTLS. (#4.7.4)\n"
+            )
+        return None
+    reply = await s.command(b"STARTTLS\r\n")
+    if reply.code != 220:
+        if hello.tls_required:
+            return NextHost(
+                b"ZConnected to "
+                + s.ip
+                + b" but TLS is required and STARTTLS failed.\n"
+                + said(reply)
+            )
+        return None
+    if s.pending or s.parser.buffered:
+        # bytes sent before the handshake would be taken as sent under TLS (CVE-2011-0411)
+        s.broken = True
+        raise Died
+    # verify checks the name connected to; for an address literal, the address
+    server_name = s.target.ip if literal_ip(s.target.host) else s.target.host
     try:
-        with open(job.message_path, "rb") as fh:
-            message = fh.read()
-    except OSError:
-        return [b"ZUnable to read message. (#4.3.0)"] * n
-    if message and not message.endswith(b"\n"):
-        return [b"DSMTP cannot transfer messages with partial final lines. (#5.6.2)"] * n
-    if not cfg.helohost:
-        return [b"ZUnable to read control files. (#4.3.0)"] * n
-    try:
-        tlist = await targets(job.domain, cfg, res)
-    except RouteError as exc:
-        return [(exc.status + exc.text).encode()] * n
-    for target in tlist:
-        try:
-            async with asyncio.timeout(cfg.timeoutconnect):
-                reader, writer = await asyncio.open_connection(target.ip, target.port)
-        except (OSError, TimeoutError):
-            continue
-        session = Session(reader, writer, cfg.timeoutremote)
-        try:
-            return await transaction(session, target, job, message, cfg)
-        finally:
-            session.close()
-    return [b"ZSorry, I wasn't able to establish an SMTP connection. (#4.4.1)"] * n
+        await s.writer.start_tls(
+            hello.tls, server_hostname=server_name, ssl_handshake_timeout=s.timeout
+        )
+    except (ssl.SSLError, ssl.CertificateError, OSError, TimeoutError) as exc:
+        s.broken = True
+        why = str(exc)[:200].encode("utf-8", "replace")
+        raise TlsTrouble(
+            b"ZConnected to " + s.ip + b" but the TLS handshake failed: " + why + b" (#4.7.5)\n"
+        ) from exc
+    s.tls = True
+    s.parser = ReplyParser()
+    answer = await _ehlo(s, helo)
+    if isinstance(answer, NextHost):
+        return answer
+    return None
 
 
-async def transaction(
-    s: Session, target: Target, job: RemoteJob, message: bytes, cfg: RemoteConfig
-) -> list[bytes]:
-    ip = target.ip.encode()
-    n = len(job.recipients)
-    after_dot = False
+# -- sending --------------------------------------------------------------------------
+
+
+class Unsendable(Exception):
+    """This server cannot take this message at all (a D for every recipient)."""
+
+    def __init__(self, text: bytes) -> None:
+        super().__init__(text)
+        self.text = text
+
+
+def _params(s: Session, msg: Outgoing) -> bytes:
+    """MAIL FROM parameters for what the server offered; Unsendable if it cannot do."""
+    params = b""
+    limit = s.ext.get(b"SIZE")
+    if limit is not None:
+        if limit.isdigit() and 0 < int(limit) < msg.size:
+            raise Unsendable(
+                b"DConnected to "
+                + s.ip
+                + b" but the message is bigger than its limit of "
+                + limit
+                + b" bytes. (#5.3.4)\n"
+            )
+        params += b" SIZE=%d" % msg.size
+    if b"8BITMIME" in s.ext and msg.eightbit:
+        params += b" BODY=8BITMIME"
+    if any(not a.isascii() for a in (msg.sender, *msg.recipients)):
+        if b"SMTPUTF8" not in s.ext:
+            raise Unsendable(
+                b"DConnected to " + s.ip + b" but it does not offer SMTPUTF8, which these "
+                b"addresses need. (#5.6.7)\n"
+            )
+        params += b" SMTPUTF8"
+    return params
+
+
+def _report(ip: bytes, out: Outcome | None) -> bytes:
+    """qmail-remote's text for one recipient's outcome (qmail-protocols §2.2)."""
+    if out is None or out.reply is None:
+        dup = b" Possible duplicate!" if out is not None and out.after_dot else b""
+        return b"ZConnected to " + ip + b" but connection died." + dup + b" (#4.4.2)\n"
+    r = out.reply
+    status = b"D" if r.kind == 5 else b"Z"
+    if out.stage is Stage.MAIL:
+        return status + b"Connected to " + ip + b" but sender was rejected.\n" + said(r)
+    if out.stage is Stage.RCPT:
+        return (
+            status + ip + b" does not like recipient.\n" + said(r) + b"Giving up on " + ip + b".\n"
+        )
+    if out.stage is Stage.DATA:
+        return status + ip + b" failed on DATA command.\n" + said(r)
+    if out.accepted:
+        return b"K" + ip + b" accepted message.\n" + said(r)
+    return status + ip + b" failed after I sent the message.\n" + said(r)
+
+
+async def send_message(s: Session, msg: Outgoing, reused: bool) -> list[bytes] | None:
+    """Per-recipient reports in msg.recipients order.
+
+    None when a reused connection turns out to have been closed by the
+    server before it answered anything (try again on a fresh one).
+    """
     try:
-        greet = await s.reply()
-        if greet.code != 220:
-            return [b"ZConnected to " + ip + b" but greeting failed.\n" + said(greet)] * n
-        await s.send(b"EHLO " + cfg.helohost.encode() + b"\r\n")
-        hello = await s.reply()
-        ext: dict[bytes, bytes] = {}
-        if hello.code == 250:
-            ext = ehlo_keywords(hello)
-        else:
-            await s.send(b"HELO " + cfg.helohost.encode() + b"\r\n")
-            hello = await s.reply()
-            if hello.code != 250:
-                return [b"ZConnected to " + ip + b" but my name was rejected.\n" + said(hello)] * n
-        params = b""
-        if b"SIZE" in ext:
-            params += b" SIZE=%d" % len(message)
-        if b"8BITMIME" in ext and any(b > 127 for b in message):
-            params += b" BODY=8BITMIME"
-        addrs = (job.sender, *job.recipients)
-        if b"SMTPUTF8" in ext and any(any(b > 127 for b in a) for a in addrs):
-            params += b" SMTPUTF8"
-        envelope = [b"MAIL FROM:" + path(job.sender) + params + b"\r\n"]
-        envelope.extend(b"RCPT TO:" + path(r) + b"\r\n" for r in job.recipients)
-        if b"PIPELINING" in ext:
-            await s.send(b"".join(envelope))
-            replies = [await s.reply() for _ in envelope]
-        else:
-            replies = []
-            for cmd in envelope:
-                await s.send(cmd)
-                replies.append(await s.reply())
-                if replies[0].code >= 300:
-                    break
-        mail = replies[0]
-        if mail.code >= 300:
-            status = b"D" if mail.kind == 5 else b"Z"
-            return [
-                status + b"Connected to " + ip + b" but sender was rejected.\n" + said(mail)
-            ] * n
-        results: list[bytes | None] = []
-        for r in replies[1:]:
-            if r.code < 300:
-                results.append(None)
-            else:
-                status = b"D" if r.kind == 5 else b"Z"
-                results.append(
-                    status
-                    + ip
-                    + b" does not like recipient.\n"
-                    + said(r)
-                    + b"Giving up on "
-                    + ip
-                    + b".\n"
-                )
-        if all(r is not None for r in results):
-            return [r for r in results if r is not None]
-        await s.send(b"DATA\r\n")
-        data_reply = await s.reply()
-        if data_reply.code >= 400:
-            status = b"D" if data_reply.kind == 5 else b"Z"
-            text = status + ip + b" failed on DATA command.\n" + said(data_reply)
-            return [r if r is not None else text for r in results]
-        await s.send(dot_stuff(message))
-        after_dot = True
-        final = await s.reply()
-        if final.code >= 300:
-            status = b"D" if final.kind == 5 else b"Z"
-            text = status + ip + b" failed after I sent the message.\n" + said(final)
-        else:
-            text = b"K" + ip + b" accepted message.\n" + said(final)
-        return [r if r is not None else text for r in results]
-    except Died:
-        died = b"ZConnected to " + ip + b" but connection died."
-        if after_dot:
-            died += b" Possible duplicate!"
-        return [died + b" (#4.4.2)\n"] * n
+        params = _params(s, msg)
+    except Unsendable as exc:
+        return [exc.text] * len(msg.recipients)
+    tx = ClientTransaction(
+        msg.sender,
+        msg.recipients,
+        params,
+        msg.wire,
+        pipelining=b"PIPELINING" in s.ext,
+        rset_first=s.needs_rset,
+    )
+    try:
+        while not tx.done:
+            out = tx.to_send()
+            if out:
+                await s.send(out)
+            reply = await s.reply()
+            if reused and tx.answered == 0 and reply.code == 421:
+                s.broken = True  # the server's idle timeout won the race
+                return None
+            tx.receive(reply)
+    except (Died, TransactionError):
+        if reused and tx.answered == 0:
+            return None
+        tx.died()
+    s.needs_rset = tx.needs_rset
+    s.broken = s.broken or tx.broken
+    s.messages += tx.messages
+    return [_report(s.ip, out) for out in tx.outcomes]

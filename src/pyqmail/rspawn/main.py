@@ -2,7 +2,7 @@
 
 Runs as: qmailr (the invoking user in embedded mode).
 Reads:   requests from send on its Unix socket; control files via remote/.
-Writes:  nothing but replies to send.
+Writes:  replies to send; queue/lock/tcpto (zeroed at start, as qmail-rspawn).
 Trusts:  send's requests are parsed strictly: message path shape, address
          sizes and recipient counts are bounded.
 """
@@ -18,8 +18,8 @@ from pyqmail.formats.address import domain_of
 from pyqmail.ipc.frames import pack, read_frame
 from pyqmail.ipc.listen import serve_unix_until_stopped
 from pyqmail.remote import qmtp
-from pyqmail.remote.route import make_resolver
-from pyqmail.remote.smtp import RemoteJob
+from pyqmail.remote.deliver import Remote, RemoteJob
+from pyqmail.remote.tcpto import TcpTo
 from pyqmail.unix.logfmt import log
 
 MESSPATH_RE = re.compile(rb"\A[0-9]{1,3}/[0-9]{1,20}\Z")
@@ -31,7 +31,12 @@ class RSpawner:
     def __init__(self, home: Home) -> None:
         self.home = home
         self.cfg = RemoteConfig.load(home)
-        self.resolver = make_resolver(self.cfg)
+        tcpto = home.q("lock", "tcpto")
+        try:
+            TcpTo(tcpto).clear()  # as qmail-rspawn: a restart forgives every host
+        except OSError as exc:
+            log(f"warning: unable to clear {tcpto}: {exc}")
+        self.remote = Remote(self.cfg, tcpto)
         self.qmtp_cfg = QmtpConfig.load(home)
         self.tasks: set[asyncio.Task[None]] = set()
 
@@ -67,7 +72,7 @@ class RSpawner:
             )
             try:
                 # QMTP where qmtproutes or MXPS say so, falling back to SMTP
-                reports = await qmtp.deliver(job, self.cfg, self.resolver, self.qmtp_cfg)
+                reports = await qmtp.deliver(job, self.remote, self.qmtp_cfg)
             except Exception as exc:  # a bug here must defer, not lose, the mail
                 log(f"warning: remote delivery crashed: {exc!r}")
                 reports = [b"ZUnable to run qmail-remote. (#4.3.0)"] * len(rcpts)
@@ -77,4 +82,10 @@ class RSpawner:
 
 
 async def serve(home: Home) -> None:
-    await serve_unix_until_stopped(home.socket("rspawn"), RSpawner(home).client)
+    spawner = RSpawner(home)
+    try:
+        await serve_unix_until_stopped(home.socket("rspawn"), spawner.client)
+    finally:
+        pool = spawner.remote.pool
+        log(f"status: {pool.opened} remote connection(s) opened, {pool.reused} reuse(s)")
+        await pool.close_all()

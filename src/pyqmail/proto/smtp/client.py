@@ -37,6 +37,11 @@ class ReplyParser:
         self._buf = b""
         self._lines: list[bytes] = []
 
+    @property
+    def buffered(self) -> bool:
+        """Bytes of an unfinished reply are waiting (must be none before STARTTLS)."""
+        return bool(self._buf or self._lines)
+
     def feed(self, data: bytes) -> list[ServerReply]:
         self._buf += data
         out: list[ServerReply] = []
