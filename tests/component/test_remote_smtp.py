@@ -148,7 +148,7 @@ def test_connection_reuse_and_batches_for_bulk_mail(tmp_path: Path) -> None:
         for i in range(1000)
     ]
     with running_sink() as sink:
-        run = deliver(tmp_path, config(sink.port), jobs, concurrency=20)
+        run = deliver(tmp_path, config(sink.port, remoteidletime=300), jobs, concurrency=20)
     assert all(r.startswith(b"K") for rep in run.reports for r in rep)
     assert len(sink.messages) == 1000
     assert all(len(m.rcpts) == 2 for m in sink.messages)
@@ -165,7 +165,7 @@ def test_idle_limit_zero_turns_reuse_off(tmp_path: Path) -> None:
 
 def test_idle_connection_is_closed_after_the_idle_limit(tmp_path: Path) -> None:
     with running_sink() as sink:
-        cfg = config(sink.port, remoteidletime=1)
+        cfg = config(sink.port, remoteidletime=2)
         run = deliver(tmp_path, cfg, [(b"a@example.org", (b"x@example.net",), BODY)] * 2, pause=0)
         assert sink.connections == 1
         assert run.reused == 1
@@ -177,7 +177,7 @@ def test_idle_connection_is_closed_after_the_idle_limit(tmp_path: Path) -> None:
             remote = Remote(cfg, str(tmp_path / "tcpto"))
             job = RemoteJob(str(paths[0]), b"a@example.org", (b"x@example.net",), "example.net")
             assert (await remote.deliver(job))[0][:1] == b"K"
-            await asyncio.sleep(2.5)
+            await asyncio.sleep(3.5)
             assert (await remote.deliver(job))[0][:1] == b"K"
             await remote.pool.close_all()
 
