@@ -370,8 +370,39 @@ def test_tcpto_rules() -> None:
 
 
 def test_pool_is_bounded() -> None:
-    pool = Pool(idle_s=10, max_idle=0)
-    assert not pool.enabled
+    """remoteidlemax: the oldest idle connection goes (with QUIT) when one too many."""
+    from pyqmail.remote.route import Target
+    from pyqmail.remote.smtp import Session
+
+    async def go() -> list[bytes]:
+        pool = Pool(idle_s=10, max_idle=2)
+        peers, sessions = [], []
+        for _ in range(3):
+            ours, theirs = socket.socketpair()
+            reader, writer = await asyncio.open_connection(sock=ours)
+            sessions.append(Session(reader, writer, 5, Target("h", "192.0.2.1", 25)))
+            peers.append(theirs)
+        for s in sessions:
+            pool.put("key", s)
+        await asyncio.sleep(0.05)
+        heard = []
+        for p in peers:
+            p.setblocking(False)
+            try:
+                heard.append(p.recv(100))
+            except BlockingIOError:
+                heard.append(b"")
+            p.close()
+        assert pool.take("key") is sessions[2]  # the most recent first
+        assert pool.take("key") is sessions[1]
+        assert pool.take("key") is None
+        for s in sessions:
+            s.close()
+        await asyncio.sleep(0)
+        return heard
+
+    assert asyncio.run(go()) == [b"QUIT\r\n", b"", b""]
+    assert not Pool(idle_s=0, max_idle=5).enabled  # remoteidletime 0: no reuse
 
 
 @pytest.fixture
