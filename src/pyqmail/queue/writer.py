@@ -69,6 +69,7 @@ class QueueWriter:
         self._next_id = 0
         self._pending: list[Pending] = []
         self._committing = False
+        self._commit_task: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -192,7 +193,8 @@ class QueueWriter:
             if not self._committing:
                 self._committing = True
                 self._idle.clear()
-                asyncio.get_running_loop().create_task(self._commit_loop())
+                # held, or the loop may collect the task mid-commit
+                self._commit_task = asyncio.get_running_loop().create_task(self._commit_loop())
             await done
             return b"K%d" % msg_id
         except OSError as exc:
