@@ -104,6 +104,7 @@ def main() -> int:
             [
                 *(str(BIN / "pyqmail"), "start", "--home", str(home), "--smtp", "off"),
                 *("--qmtp", "127.0.0.1:0", "--qmqp", "127.0.0.1:0"),
+                *("--submission", "off"),  # its default port is fixed
             ],
             stdout=fh,
             stderr=fh,

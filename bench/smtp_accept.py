@@ -122,18 +122,21 @@ def count_new(md: Path) -> int:
     return len(os.listdir(md / "new")) + len(os.listdir(md / "cur"))
 
 
-def run_once(n: int, conc: int, size: int) -> dict[str, float]:
+def run_once(n: int, conc: int, size: int, controls: tuple[str, ...] = ()) -> dict[str, float]:
     tmp = Path(tempfile.mkdtemp(prefix="pyqmail-bench-"))
     home = tmp / "qmail"
     subprocess.run(
         [str(BIN / "pyqmail"), "init", "--home", str(home)], check=True, capture_output=True
     )
     (home / "control" / "resolvers").write_text("127.0.0.1:9\n")
+    for setting in controls:  # --control NAME=VALUE
+        name, _, value = setting.partition("=")
+        (home / "control" / name).write_text(value + "\n")
     log = open(tmp / "log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(
         [
             *(str(BIN / "pyqmail"), "start", "--home", str(home), "--smtp", "127.0.0.1:0"),
-            *("--qmtp", "off", "--qmqp", "off"),  # SMTP only; fixed ports would collide
+            *("--qmtp", "off", "--qmqp", "off", "--submission", "off"),  # SMTP only
         ],
         stdout=log,
         stderr=log,
@@ -190,8 +193,12 @@ def main() -> int:
     ap.add_argument("--concurrency", type=int, default=10)
     ap.add_argument("--size", type=int, default=4096)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--control", action="append", default=[], help="NAME=VALUE control file")
     args = ap.parse_args()
-    runs = [run_once(args.messages, args.concurrency, args.size) for _ in range(args.reps)]
+    runs = [
+        run_once(args.messages, args.concurrency, args.size, tuple(args.control))
+        for _ in range(args.reps)
+    ]
     for r in runs:
         if r["delivered"] != r["acked"]:
             print(f"COUNT MISMATCH: acked {r['acked']} delivered {r['delivered']}")

@@ -47,6 +47,7 @@ class RunningMta:
     proc: subprocess.Popen[bytes]
     log_path: Path
     smtp_port: int = 0
+    submission_port: int = 0
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -110,6 +111,7 @@ def start_mta(home: Path, *extra: str) -> RunningMta:
             "--smtp",
             "127.0.0.1:0",
             *("--qmtp", "off", "--qmqp", "off"),  # fixed default ports: opt in per test
+            *("--submission", "127.0.0.1:0"),
             *extra,
         ],
         stdout=log_fh,
@@ -126,11 +128,15 @@ def start_mta(home: Path, *extra: str) -> RunningMta:
         m = re.search(r"smtp listening on 127\.0\.0\.1:(\d+)", text)
         if m:
             mta.smtp_port = int(m.group(1))
+        sub = re.search(r"submission listening on 127\.0\.0\.1:(\d+)", text)
+        if sub:
+            mta.submission_port = int(sub.group(1))
         listeners = [p for p in ("qmtp", "qmqp") if f"{p} listening on" in text]
         return (
-            bool(m)
+            bool(m and sub)
             and "smtpd ready" in text
             and "queue writer ready" in text
+            and "lookup ready" in text
             and all(f"{p}d ready" in text for p in listeners)
         )
 

@@ -8,7 +8,9 @@ gives qmail's default.
 from __future__ import annotations
 
 import os
+import shlex
 from dataclasses import dataclass, field
+from typing import Any
 
 from pyqmail.formats import control
 from pyqmail.formats.tlspolicy import TlsPolicy, parse_tlsdestinations
@@ -89,15 +91,28 @@ class SmtpdConfig:
     timeout: int
     localiphost: str
     badmailfrom: frozenset[str]
+    # pyqmail's additions (README, control files); defaults are the safe ones.
+    maxrcpt: int = 100  # RFC 5321 §4.5.3.1.8: at least 100 must be accepted
+    maxlinelength: int = 2048  # bytes in a command line, CRLF included
+    maxconnections: int = 500  # built-in listener, all clients together
+    maxconnectionsperip: int = 20
+    timeoutsmtpdsession: int = 3600  # seconds for a whole session
+    rcptcheck: bool = True  # refuse unknown local recipients at RCPT
+    checkpassword: tuple[str, ...] = ()  # AUTH checker command line; () = the default
+    servercert: str | None = None  # path of control/servercert.pem (STARTTLS when it exists)
+    serverkey: str | None = None  # control/serverkey.pem when present (else in servercert)
 
     @classmethod
     def load(cls, home: Home) -> SmtpdConfig:
         me = _me(home) or ""
         rcpt_text = read_control(home, "rcpthosts")
+        # qmail: morercpthosts (its cdb, read here as text) only adds to an
+        # existing rcpthosts; without rcpthosts there is no relay control
+        more = control.parse_list(read_control(home, "morercpthosts"))
         rcpthosts = (
             None
             if rcpt_text is None
-            else frozenset(h.lower() for h in control.parse_list(rcpt_text))
+            else frozenset(h.lower() for h in [*control.parse_list(rcpt_text), *more])
         )
         return cls(
             me=me,
@@ -109,7 +124,31 @@ class SmtpdConfig:
             badmailfrom=frozenset(
                 b.lower() for b in control.parse_list(read_control(home, "badmailfrom"))
             ),
+            **_smtpd_additions(home),
         )
+
+
+def _smtpd_additions(home: Home) -> dict[str, Any]:
+    def num(name: str, default: int, lo: int) -> int:
+        return max(lo, control.parse_int(read_control(home, name), default))
+
+    checker = control.parse_line(read_control(home, "checkpassword"), None)
+    try:
+        command = tuple(shlex.split(checker)) if checker else ()
+    except ValueError as exc:
+        raise control.ControlError(home.control("checkpassword"), 1, str(exc)) from None
+    cert, key = home.control("servercert.pem"), home.control("serverkey.pem")
+    return {
+        "maxrcpt": num("maxrcpt", 100, 1),
+        "maxlinelength": num("maxlinelength", 2048, 512),  # RFC 5321 §4.5.3.1.4
+        "maxconnections": num("maxconnections", 500, 1),
+        "maxconnectionsperip": num("maxconnectionsperip", 20, 1),
+        "timeoutsmtpdsession": num("timeoutsmtpdsession", 3600, 1),
+        "rcptcheck": control.parse_int(read_control(home, "rcptcheck"), 1) != 0,
+        "checkpassword": command,
+        "servercert": cert,
+        "serverkey": key if os.path.exists(key) else None,
+    }
 
 
 BOUNCE_FORMATS = ("qsbmf", "dsn")

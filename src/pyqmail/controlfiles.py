@@ -138,7 +138,7 @@ def _tlsdestination(line: str) -> str | None:
 
 @dataclass(frozen=True, slots=True)
 class ControlFile:
-    """One row of the table. kind: line, list, int or rules (tcprules text)."""
+    """One row of the table. kind: line, list, int, rules (tcprules text) or pem."""
 
     name: str
     kind: str
@@ -616,6 +616,103 @@ CONTROL_FILES: tuple[ControlFile, ...] = (
         pre="Virtual domain: ",
         check=_virtualdomain,
     ),
+    # -- smtpd's additions (issue #3) --
+    ControlFile(
+        "checkpassword",
+        "line",
+        "lookup",
+        "checkpassword-interface program for SMTP AUTH (shell quoting, no shell)",
+        "pyqmail-checkpassword",
+        pre="SMTP AUTH passwords are checked by ",
+    ),
+    ControlFile(
+        "maxconnections",
+        "int",
+        "smtpd",
+        "open SMTP sessions at most, all clients together (421 beyond)",
+        "500",
+        pre="SMTP sessions at most: ",
+        lo=1,
+        hi=100_000,
+    ),
+    ControlFile(
+        "maxconnectionsperip",
+        "int",
+        "smtpd",
+        "open SMTP sessions at most from one IP address (421 beyond)",
+        "20",
+        pre="SMTP sessions per client address at most: ",
+        lo=1,
+        hi=100_000,
+    ),
+    ControlFile(
+        "maxlinelength",
+        "int",
+        "smtpd",
+        "bytes in an SMTP command line (500 beyond)",
+        "2048",
+        pre="SMTP command lines are at most ",
+        post=" bytes",
+        lo=512,
+        hi=1 << 20,
+    ),
+    ControlFile(
+        "maxrcpt",
+        "int",
+        "smtpd",
+        "recipients per message (452 beyond)",
+        "100",
+        pre="Recipients per SMTP message at most: ",
+        lo=1,
+        hi=100_000,
+    ),
+    ControlFile(
+        "morercpthosts",
+        "list",
+        "smtpd",
+        "more rcpthosts entries (read as text; ignored without rcpthosts)",
+        "No effect.",
+        pre="SMTP clients may send messages to recipients at ",
+        post=".",
+        check=_host_or_suffix,
+    ),
+    ControlFile(
+        "rcptcheck",
+        "int",
+        "smtpd",
+        "1: refuse unknown local recipients at RCPT (550); 0: accept and bounce later",
+        "1",
+        pre="Local recipients checked at RCPT time (1 = yes): ",
+        lo=0,
+        hi=1,
+    ),
+    ControlFile(
+        "servercert.pem",
+        "pem",
+        "smtpd",
+        "certificate chain and private key for STARTTLS",
+        "No certificate: STARTTLS is not offered.",
+        pre="Certificate present: STARTTLS is offered.",
+    ),
+    ControlFile(
+        "serverkey.pem",
+        "pem",
+        "smtpd",
+        "private key for STARTTLS when servercert.pem holds only certificates",
+        "The key is in servercert.pem.",
+        pre="Private key present.",
+    ),
+    ControlFile(
+        "timeoutsmtpdsession",
+        "int",
+        "smtpd",
+        "seconds a whole SMTP session may last (421 beyond)",
+        "3600",
+        pre="SMTP sessions last at most ",
+        post=" seconds",
+        lo=1,
+        hi=86400 * 7,
+    ),
 )
 BY_NAME = {cf.name: cf for cf in CONTROL_FILES}
 
@@ -686,6 +783,8 @@ def describe(home: Home, cf: ControlFile, me: str | None) -> str:
         text = read_control(home, cf.name)
     except OSError:
         return head + "Oops! Trouble reading this file.\n"
+    if cf.kind == "pem":  # never shown: it may hold a private key
+        return f"{head}(Default.) {cf.default}\n" if text is None else f"{head}{cf.pre}\n"
     if cf.kind == "int":
         if text is None:
             return f"{head}(Default.) {cf.pre}{cf.default}{cf.post}.\n"

@@ -250,3 +250,27 @@ def test_qmaild_cannot_claim_a_bounce(system_mta: RunningMta) -> None:
     text = claimed[0].read_bytes()
     assert f"invoked by uid {pwd.getpwnam('qmaild').pw_uid}".encode() in text
     assert b"invoked for bounce" not in text
+
+
+def test_smtpd_checks_recipients_and_passwords_through_root_lookup(
+    system_mta: RunningMta,
+) -> None:
+    """qmaild may read neither users/ nor homes: the lookup service (root) answers it."""
+    assert uids_of(system_mta.component_pid("lookup"))[0] == 0
+    with smtplib.SMTP("127.0.0.1", system_mta.smtp_port, timeout=30) as s:
+        s.ehlo("client.example")
+        s.mail("a@example.com")
+        assert s.rcpt("nobody-here@localhost")[0] == 550
+        assert s.rcpt("postmaster@localhost")[0] == 250
+    res = subprocess.run(
+        [str(BIN / "pyqmail"), "passwd", "postmaster", "--home", str(system_mta.home)],
+        input="pw for postmaster\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert res.returncode == 0, res.stderr
+    with smtplib.SMTP("127.0.0.1", system_mta.submission_port, timeout=30) as s:
+        s.ehlo("client.example")
+        assert s.login("postmaster", "pw for postmaster")[0] == 235

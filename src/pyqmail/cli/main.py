@@ -12,7 +12,7 @@ from pyqmail.formats.assign import parse_assign
 from pyqmail.formats.control import ControlError
 from pyqmail.layout import queue_ok
 
-UNIMPLEMENTED_LISTENERS = ("submission", "pop3")
+UNIMPLEMENTED_LISTENERS = ("pop3",)
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -57,6 +57,7 @@ def check_home(home: Home) -> list[str]:
     if read_control(home, "me") is None:
         problems.append(f"{home.control('me')}:0: missing (every program needs it)")
     problems += check_controls(home)[0]
+    problems += check_servercert(home)
     try:
         with open(home.assign, encoding="utf-8", errors="surrogateescape") as fh:
             parse_assign(fh.read(), path=home.assign)
@@ -76,6 +77,22 @@ def check_home(home: Home) -> list[str]:
         except (ControlError, OSError, ValueError) as exc:
             problems.append(str(exc))
     return problems
+
+
+def check_servercert(home: Home) -> list[str]:
+    """STARTTLS's certificate and key, loaded as smtpd will load them."""
+    import ssl
+
+    from pyqmail.net.tls import server_context
+
+    cert, key = home.control("servercert.pem"), home.control("serverkey.pem")
+    if not os.path.exists(cert):
+        return []
+    try:
+        server_context(cert, key if os.path.exists(key) else None)
+    except (OSError, ssl.SSLError) as exc:
+        return [f"{cert}:0: unusable for STARTTLS: {exc}"]
+    return []
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -106,13 +123,22 @@ def cmd_start(args: argparse.Namespace) -> int:
             )
     qmtp = [] if args.qmtp == "off" else [parse_listen(v, 209) for v in args.qmtp.split(",")]
     qmqp = [] if args.qmqp == "off" else [parse_listen(v, 628) for v in args.qmqp.split(",")]
-    return Supervisor(
+    submission = (
+        []
+        if args.submission == "off"
+        else [parse_listen(v, 587) for v in args.submission.split(",")]
+    )
+    supervisor = Supervisor(
         home,
         [s for s in smtp if s is not None],
         qmtp=[s for s in qmtp if s is not None],
         qmqp=[s for s in qmqp if s is not None],
         mini=args.mini,
-    ).run()
+        submission=[s for s in submission if s is not None],
+    )
+    if args.rules:
+        supervisor.smtpd_args += ["--rules", os.path.abspath(args.rules)]
+    return supervisor.run()
 
 
 def cmd_passwd(args: argparse.Namespace) -> int:
@@ -141,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("start", help="run the MTA in the foreground")
     p.add_argument("--home")
     p.add_argument("--smtp", default="127.0.0.1:2525")
-    p.add_argument("--submission", default="off")
+    p.add_argument("--submission", default="127.0.0.1:2587")
+    p.add_argument("--rules", help="tcprules file for SMTP and submission (control/tcprules.smtp)")
     p.add_argument("--qmtp", default="127.0.0.1:2209")
     p.add_argument("--qmqp", default="127.0.0.1:2628")
     p.add_argument("--pop3", default="off")

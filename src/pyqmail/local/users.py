@@ -15,13 +15,14 @@ from __future__ import annotations
 import errno
 import os
 import pwd
+import stat
 from collections.abc import Callable
 from typing import Protocol
 
 import cdblib
 
 from pyqmail.config import Home
-from pyqmail.formats import userscdb
+from pyqmail.formats import dotqmail, userscdb
 from pyqmail.formats.assign import UserMatch, parse_assign
 
 MAX_PW_NAME = 32
@@ -144,3 +145,36 @@ def resolve(local: str, home: Home, users: UserDb | None) -> UserMatch | None:
     except OSError:
         return None
     return UserMatch("alias", st.st_uid, st.st_gid, alias_home, "-", local)
+
+
+def no_mailbox(local: str, home: Home, users: UserDb | None) -> bool:
+    """True only when delivery to local would surely fail for good.
+
+    That is qmail-local finding no .qmail file for an extension address
+    ("Sorry, no mailbox here by that name", qmail-files §5.1), for the user
+    lspawn's resolve() picks, searched in the same candidate_files() order
+    local delivery uses. Anything local delivery would call temporary (no
+    alias user, an unreadable home, a permission error) is not proof, so it
+    gives False and the mail is accepted, as qmail would.
+    """
+    try:
+        user = resolve(local, home, users)
+    except OSError:
+        return False
+    if user is None or not user.dash:
+        return False  # no alias user: a deferral; no dash: .qmail or defaultdelivery
+    for name, _default in dotqmail.candidate_files(user.dash, user.ext):
+        try:
+            st = os.lstat(os.path.join(user.home, name))
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except OSError:
+            return False
+        # local delivery opens with O_NOFOLLOW and skips what is not a file
+        if stat.S_ISREG(st.st_mode):
+            return False
+    try:
+        os.stat(user.home)
+    except OSError:
+        return False  # an unreachable home is temporary trouble for delivery
+    return True

@@ -1,12 +1,13 @@
 """Who is at the other end of a network connection, as qmail's servers see it.
 
 One place for what qmail-smtpd, qmail-qmtpd and qmail-qmqpd share: the
-client's tcprules/tcpserver environment (RELAYCLIENT, DATABYTES, TCP*) and
+client's tcprules/tcpserver environment (RELAYCLIENT, DATABYTES, QMAILQUEUE, TCP*) and
 the Received line they write (qmail-protocols §9.5).
 """
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 
 from pyqmail.formats import tcprules
@@ -25,6 +26,15 @@ class Client:
     local_host: str | None = None
     relayclient: str | None = None  # None: unset; "" or text: set (qmail semantics)
     databytes: int | None = None  # $DATABYTES overrides control/databytes
+    qmailqueue: str | None = None  # $QMAILQUEUE: a qmail-queue program instead of the writer
+
+    @property
+    def loopback(self) -> bool:
+        """A client on this host (127/8, ::1): nobody on the wire can listen in."""
+        try:
+            return ipaddress.ip_address(self.remote_ip).is_loopback
+        except ValueError:
+            return False
 
 
 def client_for(
@@ -49,6 +59,7 @@ def client_for(
         local_host=values.get("TCPLOCALHOST"),
         relayclient=values.get("RELAYCLIENT"),
         databytes=int(databytes) if databytes and databytes.isdigit() else None,
+        qmailqueue=values.get("QMAILQUEUE") or None,
     )
 
 

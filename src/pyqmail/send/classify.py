@@ -6,32 +6,12 @@ import math
 
 from pyqmail.config import SendConfig
 from pyqmail.formats.control import domain_keys
+from pyqmail.routing import classify
+
+__all__ = ["classify", "next_retry", "strip_virtual"]
 
 LOCAL_C = 10  # retry schedule constants (qmail-protocols §4)
 REMOTE_C = 20
-
-
-def classify(rcpt: bytes, cfg: SendConfig) -> tuple[str, bytes]:
-    """("local" | "remote", rewritten address)."""
-    if b"@" not in rcpt:
-        rcpt = rcpt + b"@" + cfg.envnoathost.encode("utf-8", "surrogateescape")
-    local, _, dom = rcpt.rpartition(b"@")
-    domain = dom.decode("utf-8", "surrogateescape").lower()
-    while domain in cfg.percenthack and b"%" in local:
-        pct = local.rfind(b"%")
-        local, dom = local[:pct], local[pct + 1 :]
-        rcpt = local + b"@" + dom
-        domain = dom.decode("utf-8", "surrogateescape").lower()
-    if domain in cfg.locals:
-        return "local", rcpt
-    user_key = f"{local.decode('utf-8', 'surrogateescape').lower()}@{domain}"
-    for key in [user_key, *domain_keys(domain), ""]:
-        if key in cfg.virtualdomains:
-            prepend = cfg.virtualdomains[key]
-            if not prepend:
-                return "remote", rcpt
-            return "local", prepend.encode("utf-8", "surrogateescape") + b"-" + rcpt
-    return "remote", rcpt
 
 
 def next_retry(birth: float, pass_start: float, channel: str, unit: float = 1.0) -> float:

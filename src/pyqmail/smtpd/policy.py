@@ -1,23 +1,45 @@
 """qmail-smtpd's decisions: which reply each SMTP event gets.
 
-Pure apart from the queue hand-off, which goes through a submission object
-given by the caller. The engine (proto/smtp/server.py) owns syntax and
-sequence; this owns relay control, limits and the queue.
+Pure apart from three hand-offs given by the caller or named in Service:
+the queue (writer socket or $QMAILQUEUE), the recipient check service and
+the checkpassword program. The engine (proto/smtp/server.py) owns syntax
+and sequence; this owns relay control, AUTH, TLS policy, limits and the
+queue.
 """
 
 from __future__ import annotations
 
+import asyncio
+import os
+import ssl
 import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from pyqmail.config import SmtpdConfig
 from pyqmail.formats import envelope as env_fmt
+from pyqmail.ipc import lookup
 from pyqmail.ipc.queue_proto import QueueResult
 from pyqmail.net import peer
 from pyqmail.net.peer import Client
+from pyqmail.net.tls import ContextCache
+from pyqmail.proto.smtp import auth as sasl
+from pyqmail.proto.smtp import replies
 from pyqmail.proto.smtp import server as eng
-from pyqmail.proto.smtp.replies import Reply
+from pyqmail.proto.smtp.replies import Reply, with_status_code
+from pyqmail.unix.logfmt import clean, log
+
+MAX_AUTH_FAILURES = 3  # then 421 and hang up
+AUTH_FAIL_DELAY_S = 1.0  # before each "wrong password" reply: slows guessing
+
+AUTH_REQUIRED = Reply(530, "authentication required (#5.7.0)")
+ENCRYPTION_REQUIRED = Reply(
+    538, "encryption required for requested authentication mechanism (#5.7.11)"
+)
+AUTH_TEMPFAIL = Reply(454, "temporary authentication failure (#4.7.0)")
+AUTH_TOO_MANY = Reply(421, "too many authentication failures, closing connection (#4.7.0)")
+NEEDS_SMTPUTF8 = Reply(553, "non-ASCII address requires SMTPUTF8 (#5.6.7)")
+BAD_BODY = Reply(501, "BODY must be 7BIT or 8BITMIME (#5.5.4)")
 
 
 class Submission(Protocol):
@@ -30,6 +52,15 @@ class Queue(Protocol):
     async def open(self) -> Submission: ...
 
 
+@dataclass(frozen=True, slots=True)
+class Service:
+    """What the listener offers on top of qmail-smtpd."""
+
+    submission: bool = False  # RFC 6409: MAIL needs AUTH first
+    tls: ContextCache | None = None  # STARTTLS offered when it yields a context
+    lookup_socket: str | None = None  # the lookup service: RCPT checks and AUTH
+
+
 def received_line(client: Client, helo: bytes | None, now: float) -> bytes:
     return peer.received_line(client, helo, now, "SMTP")
 
@@ -40,26 +71,64 @@ class Transaction:
     recipients: list[bytes] = field(default_factory=list)
     submission: Submission | None = None
     failed: QueueResult | None = None
+    utf8: bool = False  # MAIL FROM carried SMTPUTF8 (RFC 6531)
 
 
 class SmtpPolicy:
-    def __init__(self, cfg: SmtpdConfig, client: Client, queue: Queue) -> None:
+    def __init__(
+        self, cfg: SmtpdConfig, client: Client, queue: Queue, service: Service = Service()
+    ) -> None:
         self.cfg = cfg
         self.client = client
         self.queue = queue
+        self.service = service
         self.txn = Transaction()
         self.helo: bytes | None = None
+        self.esmtp = False  # EHLO accepted: ENHANCEDSTATUSCODES apply (RFC 2034)
         self.quit_seen = False
         self.databytes = client.databytes if client.databytes is not None else cfg.databytes
+        self.tls_context: ssl.SSLContext | None = None  # set when 220 answers STARTTLS
+        self.tls_active = False
+        self.auth_user: bytes | None = None
+        self.auth_failures = 0
+        self._sasl: sasl.SaslExchange | None = None
+
+    def limits(self) -> eng.Limits:
+        """The engine's limits for this client, from control files and tcprules."""
+        return eng.Limits(
+            max_line_bytes=self.cfg.maxlinelength,
+            max_message_bytes=self.databytes,
+            max_recipients=self.cfg.maxrcpt,
+        )
 
     def greeting(self) -> Reply:
         if not self.cfg.greeting:
             return Reply(421, "unable to read controls (#4.3.0)")
         return Reply(220, f"{self.cfg.greeting} ESMTP")
 
+    def _tls_context(self) -> ssl.SSLContext | None:
+        if self.service.tls is None:
+            return None
+        try:
+            return self.service.tls.get()
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            log(f"warning: smtpd cannot use control/servercert.pem: {clean(str(exc))}")
+            return None
+
+    @property
+    def auth_offered(self) -> bool:
+        # RFC 4954 §4 / RFC 6409: passwords never cross the network in clear;
+        # loopback clients are this host, where nobody can listen in.
+        return self.service.submission and (self.tls_active or self.client.loopback)
+
     def ehlo_lines(self) -> list[str]:
-        lines = [self.cfg.greeting, "PIPELINING", "8BITMIME", "CHUNKING"]
+        lines = [self.cfg.greeting, "PIPELINING", "8BITMIME"]
         lines.append(f"SIZE {self.databytes}" if self.databytes else "SIZE")
+        lines += ["ENHANCEDSTATUSCODES", "SMTPUTF8", "CHUNKING"]
+        if not self.tls_active and self._tls_context() is not None:
+            lines.append("STARTTLS")
+        if self.auth_offered and self.auth_user is None:
+            lines.append("AUTH " + " ".join(m.decode() for m in sasl.MECHANISMS))
         return lines
 
     def reset(self) -> None:
@@ -69,6 +138,8 @@ class SmtpPolicy:
 
     # -- checks -------------------------------------------------------------
     def relay_allowed(self, rcpt: bytes) -> bool:
+        if self.auth_user is not None:
+            return True  # authenticated clients may relay (RFC 4954 §1)
         return peer.relay_allowed(self.client, self.cfg.rcpthosts, rcpt)
 
     def bad_sender(self) -> bool:
@@ -92,13 +163,47 @@ class SmtpPolicy:
         if isinstance(ev, eng.Helo):
             self.reset()
             self.helo = ev.name
+            self.esmtp = ev.extended
             if ev.extended:
                 return Reply(250, "\n".join(self.ehlo_lines()))
             return Reply(250, self.cfg.greeting)
+        if isinstance(ev, eng.StartTls):
+            return self.starttls()
+        reply = await self._decide(ev)
+        if reply is None or not self.esmtp:
+            return reply
+        default = None
+        if reply.is_positive and isinstance(ev, eng.Mail):
+            default = "2.1.0"
+        elif reply.is_positive and isinstance(ev, eng.Rcpt):
+            default = "2.1.5"
+        return with_status_code(reply, default)
+
+    def starttls(self) -> Reply:
+        ctx = self._tls_context()
+        if ctx is None:
+            return replies.TLS_UNAVAILABLE
+        # RFC 3207 §4.2: everything learned before the handshake is forgotten
+        self.reset()
+        self.helo = None
+        self.esmtp = False
+        self.auth_user = None
+        self._sasl = None
+        self.tls_context = ctx
+        self.tls_active = True
+        return replies.TLS_READY
+
+    async def _decide(self, ev: object) -> Reply | None:
+        if isinstance(ev, eng.Auth):
+            return await self.auth_start(ev)
+        if isinstance(ev, eng.AuthLine):
+            if self._sasl is None:
+                return sasl.CANCELLED
+            return await self.auth_step(self._sasl.step(ev.line))
         if isinstance(ev, eng.Mail):
             return self.mail(ev)
         if isinstance(ev, eng.Rcpt):
-            return self.rcpt(ev)
+            return await self.rcpt(ev)
         if isinstance(ev, eng.Data | eng.Bdat):
             return await self.start_data(ev)
         if isinstance(ev, eng.DataChunk):
@@ -133,27 +238,95 @@ class SmtpPolicy:
             return None
         return Reply(502, "unimplemented (#5.5.1)")
 
+    # -- AUTH (RFC 4954) ----------------------------------------------------------
+    async def auth_start(self, ev: eng.Auth) -> Reply:
+        if not self.service.submission:
+            return replies.UNIMPLEMENTED  # qmail-smtpd's answer; AUTH lives on submission
+        if not self.auth_offered:
+            return ENCRYPTION_REQUIRED
+        self._sasl = sasl.SaslExchange(ev.mechanism, ev.initial)
+        return await self.auth_step(self._sasl.start())
+
+    async def auth_step(self, step: sasl.Step) -> Reply:
+        if isinstance(step, sasl.Challenge):
+            return Reply(334, step.text)
+        self._sasl = None
+        if isinstance(step, sasl.Failed):
+            if step.reply is not sasl.REFUSED:
+                return step.reply
+            return await self.auth_failed(b"")
+        stamp = f"<{os.getpid()}.{int(time.time())}@{self.cfg.me}>".encode()
+        answer = lookup.UNREACHABLE
+        if self.service.lookup_socket is not None:
+            answer = await lookup.ask_auth(
+                self.service.lookup_socket, step.user, step.password, stamp
+            )
+        user = clean(step.user.decode("utf-8", "replace"))
+        if answer[:1] == b"K":
+            self.auth_user = step.user
+            log(f"info: smtpd auth ok user {user} from {self.client.remote_ip}")
+            return Reply(235, "ok, go ahead (#2.7.0)")
+        if answer[:1] == b"Z":
+            log(f"warning: smtpd auth tempfail user {user} from {self.client.remote_ip}")
+            return AUTH_TEMPFAIL
+        return await self.auth_failed(step.user)
+
+    async def auth_failed(self, user: bytes) -> Reply:
+        self.auth_failures += 1
+        name = clean(user.decode("utf-8", "replace"))
+        log(f"warning: smtpd auth failed user {name} from {self.client.remote_ip}")
+        await asyncio.sleep(AUTH_FAIL_DELAY_S)
+        if self.auth_failures >= MAX_AUTH_FAILURES:
+            return AUTH_TOO_MANY
+        return replies.AUTH_FAILED
+
+    # -- the envelope ----------------------------------------------------------
     def mail(self, ev: eng.Mail) -> Reply:
         self.reset()
+        if self.service.submission and self.auth_user is None:
+            return AUTH_REQUIRED
+        utf8 = False
         for key, value in ev.params:
             if key == b"SIZE" and value is not None and value.isdigit():
                 if self.databytes and int(value) > self.databytes:
                     return Reply(
                         552, "sorry, that message size exceeds my databytes limit (#5.3.4)"
                     )
-            elif key not in (b"SIZE", b"BODY", b"SMTPUTF8"):
+            elif key == b"BODY":
+                if value is None or value.upper() not in (b"7BIT", b"8BITMIME"):
+                    return BAD_BODY
+            elif key == b"SMTPUTF8" and value is None:
+                utf8 = True
+            elif key == b"AUTH":
+                pass  # RFC 4954 §5: the original submitter; we keep our own record
+            else:
                 return Reply(
                     555, f"unsupported parameter {key.decode('ascii', 'replace')} (#5.5.4)"
                 )
+        if not utf8 and not ev.address.isascii():
+            return NEEDS_SMTPUTF8
         self.txn.sender = ev.address
+        self.txn.utf8 = utf8
         return Reply(250, "ok")
 
-    def rcpt(self, ev: eng.Rcpt) -> Reply:
+    async def rcpt(self, ev: eng.Rcpt) -> Reply:
+        if ev.params:
+            key = ev.params[0][0].decode("ascii", "replace")
+            return Reply(555, f"unsupported parameter {key} (#5.5.4)")
+        if not self.txn.utf8 and not ev.address.isascii():
+            return NEEDS_SMTPUTF8
         if self.bad_sender():
             return Reply(553, "sorry, your envelope sender is in my badmailfrom list (#5.7.1)")
         rcpt = self.rewrite_literal(ev.address)
         if not self.relay_allowed(rcpt):
             return Reply(553, "sorry, that domain isn't in my list of allowed rcpthosts (#5.7.1)")
+        if self.cfg.rcptcheck and self.service.lookup_socket is not None:
+            answer = await lookup.ask_rcpt(self.service.lookup_socket, rcpt)
+            text = answer[1:].decode("utf-8", "replace")
+            if answer[:1] == b"D":
+                return Reply(550, text)
+            if answer[:1] == b"Z":
+                return Reply(451, text)
         if self.client.relayclient:
             rcpt += self.client.relayclient.encode()
         if len(rcpt) >= env_fmt.MAX_ADDRESS_BYTES:

@@ -2,8 +2,10 @@
 
 Runs as: whoever tcpserver runs it as (qmaild in a system install).
 Reads:   TCPREMOTEIP, TCPREMOTEHOST, TCPREMOTEINFO, TCPLOCALIP, TCPLOCALHOST,
-         RELAYCLIENT, DATABYTES from the environment; control files as the
-         built-in listener does.
+         RELAYCLIENT, DATABYTES, QMAILQUEUE from the environment; control
+         files as the built-in listener does (STARTTLS with
+         control/servercert.pem, TLS done over fd 0/1 in memory).
+Limits:  connections per host and overall are tcpserver's (-c, tcprules).
 Exit:    0 after QUIT, 1 on EOF, read error or timeout (qmail-smtpd's codes).
 """
 
@@ -15,9 +17,8 @@ import os
 from pyqmail.config import Home, SmtpdConfig
 from pyqmail.net.peer import client_for
 from pyqmail.net.stdio import FdReader, FdWriter
-from pyqmail.proto.smtp import server as eng
 from pyqmail.smtpd.policy import SmtpPolicy
-from pyqmail.smtpd.server import WriterQueue
+from pyqmail.smtpd.server import queue_for, service_for
 from pyqmail.smtpd.session import serve_smtp
 from pyqmail.unix.logfmt import set_component
 
@@ -28,10 +29,9 @@ async def _run(home: Home) -> int:
     env = dict(os.environ)
     client = client_for(env.get("TCPREMOTEIP", "unknown"), env.get("TCPLOCALIP"), {}, env)
     assert client is not None  # no rules here: tcpserver already applied its own
-    policy = SmtpPolicy(cfg, client, WriterQueue(home.writer_socket))
-    # $DATABYTES=0 (sendmail -bs sets it) lifts control/databytes: use the policy's value
-    limits = eng.Limits(max_message_bytes=policy.databytes)
-    await serve_smtp(reader, writer, policy, limits, cfg.timeout)
+    service = service_for(home, cfg, submission=False)
+    policy = SmtpPolicy(cfg, client, queue_for(client, home), service)
+    await serve_smtp(reader, writer, policy)
     return 0 if policy.quit_seen else 1
 
 

@@ -89,12 +89,15 @@ class Supervisor:
         qmtp: list[tuple[str, int]] | None = None,
         qmqp: list[tuple[str, int]] | None = None,
         mini: bool = False,
+        submission: list[tuple[str, int]] | None = None,
     ) -> None:
         self.home = home
         self.smtp = smtp
         self.qmtp = qmtp or []
         self.qmqp = qmqp or []
         self.mini = mini  # no queue here: the queue writer's socket forwards over QMQP
+        self.submission = submission or []
+        self.smtpd_args: list[str] = []  # e.g. --rules FILE
         self.components: list[Component] = []
         self.sockets: list[socket.socket] = []
         self.stopping = False
@@ -139,32 +142,39 @@ class Supervisor:
             Component("lspawn", [*base, "pyqmail.lspawn", *home]),
             Component("rspawn", [*base, "pyqmail.rspawn", *home]),
             Component("send", [*base, "pyqmail.send", *home]),
+            Component("lookup", [*base, "pyqmail.lspawn.lookup", *home]),
         ]
         if self.mini:
-            # a mini-qmail node: the writer's socket hands each message to QMQP
+            # a mini-qmail node: the writer's socket hands each message to QMQP;
+            # lookup stays for AUTH, but local users live on the queue servers
             self.components = [
                 Component(
                     "queue",
                     [*base, "pyqmail.qmqpc", *home, "--fd", str(wsock.fileno())],
                     [wsock.fileno()],
-                )
+                ),
+                Component("lookup", [*base, "pyqmail.lspawn.lookup", *home]),
             ]
+            self.smtpd_args.append("--no-rcptcheck")
         for proto, addrs in (("qmtp", self.qmtp), ("qmqp", self.qmqp)):
             if addrs:
                 self.add_listener(f"{proto}d", addrs, ["pyqmail.qmtpd", "--proto", proto])
-        if self.smtp:
-            socks = [bind_tcp(h, p) for h, p in self.smtp]
-            self.sockets.extend(socks)
-            for s in socks:
-                host, port = s.getsockname()[:2]
-                log(f"status: smtp listening on {host}:{port}")
+        if self.smtp or self.submission:
             fd_args: list[str] = []
-            for s in socks:
-                fd_args += ["--fd", str(s.fileno())]
+            fds: list[int] = []
+            for name, flag, addrs in (
+                ("smtp", "--fd", self.smtp),
+                ("submission", "--submission-fd", self.submission),
+            ):
+                for h, p in addrs:
+                    s = bind_tcp(h, p)
+                    self.sockets.append(s)
+                    host, port = s.getsockname()[:2]
+                    log(f"status: {name} listening on {host}:{port}")
+                    fd_args += [flag, str(s.fileno())]
+                    fds.append(s.fileno())
             self.components.append(
-                Component(
-                    "smtpd", [*base, "pyqmail.smtpd", *home, *fd_args], [s.fileno() for s in socks]
-                )
+                Component("smtpd", [*base, "pyqmail.smtpd", *home, *fd_args, *self.smtpd_args], fds)
             )
 
     def add_listener(self, name: str, addrs: list[tuple[str, int]], module: list[str]) -> None:
@@ -258,6 +268,7 @@ class Supervisor:
                     os.close(lock_fd)
                     return 0
                 for comp in self.components:  # HUP and ALRM go to send, as in qmail
-                    if comp.name == "send" and comp.proc is not None:
+                    hup = sig == signal.SIGHUP and comp.name == "lookup"  # reread controls
+                    if (comp.name == "send" or hup) and comp.proc is not None:
                         comp.proc.send_signal(sig)
             self.reap()

@@ -35,6 +35,7 @@ COMPONENT_USER: dict[str, str | None] = {
     "qmtpd": "qmaild",
     "qmqpd": "qmaild",
     "lspawn": None,
+    "lookup": None,  # sees what lspawn sees: homes, users/password, shadow
 }
 # what faces the network gets hard resource limits
 NETWORK_FACING = frozenset({"smtpd", "qmtpd", "qmqpd", "rspawn"})

@@ -7,6 +7,7 @@ they know. Enhanced status codes go in qmail's "(#x.y.z)" suffix.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 MIN_CODE = 200
@@ -85,3 +86,26 @@ AUTH_FAILED = Reply(535, "authorization failed (#5.7.8)")
 AUTH_CANCELLED = Reply(501, "authentication cancelled (#5.0.0)")
 AUTH_ALREADY = Reply(503, "you are already authenticated (#5.5.1)")
 AUTH_IN_TRANSACTION = Reply(503, "no AUTH during a mail transaction (#5.5.1)")
+
+
+_SUFFIX = re.compile(r" ?\(#([245]\.[0-9]{1,3}\.[0-9]{1,3})\)\Z")
+
+
+def with_status_code(reply: Reply, default: str | None = None) -> Reply:
+    """The reply with an RFC 2034 enhanced status code before each line's text.
+
+    Used once the client has seen ENHANCEDSTATUSCODES in our EHLO reply. The
+    code comes from qmail's "(#x.y.z)" suffix when the text has one (the
+    suffix is then dropped), else from default, else "class.0.0". 3xx replies
+    carry none (RFC 2034 §3).
+    """
+    if 300 <= reply.code < 400:
+        return reply
+    lines = reply.text.split("\n")
+    found = _SUFFIX.search(lines[-1])
+    status = found.group(1) if found else default
+    if status is None or status[0] != str(reply.code)[0]:
+        status = f"{reply.code // 100}.0.0"
+    if found:
+        lines[-1] = lines[-1][: found.start()]
+    return Reply(reply.code, "\n".join(f"{status} {line}".rstrip() for line in lines))
