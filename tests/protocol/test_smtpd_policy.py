@@ -5,11 +5,16 @@ rule that no byte sequence from a client crashes a session."""
 from __future__ import annotations
 
 import asyncio
+import atexit
+import os
 import re
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
 
+import trustme
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -172,6 +177,35 @@ def test_no_input_crashes_a_session(tokens: list[bytes], size: int) -> None:
     asyncio.run(asyncio.wait_for(serve_smtp(ListReader(chunks), writer, p), 30))
     lines = bytes(writer.out).split(b"\r\n")
     assert lines[-1] == b""  # every reply is whole
+    assert all(REPLY_LINE.match(line) for line in lines[:-1]), writer.out
+
+
+_CERT_DIR = tempfile.mkdtemp(prefix="pyqmail-fuzz-")
+atexit.register(shutil.rmtree, _CERT_DIR, True)
+_CERT = os.path.join(_CERT_DIR, "servercert.pem")
+trustme.CA().issue_cert("mx.example").private_key_and_cert_chain_pem.write_to_path(_CERT)
+TLS_SERVICE = Service(submission=True, tls=ContextCache(_CERT))
+
+
+@given(
+    st.lists(st.one_of(st.sampled_from(TOKENS), st.binary(max_size=40)), max_size=12),
+    st.binary(max_size=300),
+    st.integers(1, 64),
+)
+@settings(max_examples=100, deadline=None)
+def test_garbage_after_starttls_ends_the_session_cleanly(
+    before: list[bytes], handshake: bytes, size: int
+) -> None:
+    # whatever follows "220 ready to start TLS" is fed to the TLS layer: a
+    # broken handshake ends the session, it never raises out of it
+    wire = b"".join(before) + b"STARTTLS\r\n" + handshake
+    chunks = [wire[i : i + size] for i in range(0, len(wire), size)]
+    writer = ListWriter()
+    p = SmtpPolicy(CFG, Client(remote_ip="192.0.2.1"), MemoryQueue(), TLS_SERVICE)
+    asyncio.run(asyncio.wait_for(serve_smtp(ListReader(chunks), writer, p), 30))
+    plain, ready, _tls = bytes(writer.out).partition(b"220 ready to start TLS\r\n")
+    lines = (plain + ready).split(b"\r\n")
+    assert lines[-1] == b""
     assert all(REPLY_LINE.match(line) for line in lines[:-1]), writer.out
 
 
