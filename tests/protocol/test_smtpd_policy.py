@@ -20,10 +20,11 @@ from hypothesis import strategies as st
 
 from pyqmail.config import SmtpdConfig
 from pyqmail.ipc.queue_proto import QueueResult
+from pyqmail.net.peer import Client
 from pyqmail.net.tls import ContextCache
 from pyqmail.proto.smtp import server as eng
 from pyqmail.proto.smtp.replies import Reply
-from pyqmail.smtpd.policy import Client, Service, SmtpPolicy
+from pyqmail.smtpd.policy import Service, SmtpPolicy
 from pyqmail.smtpd.session import serve_smtp
 
 CFG = SmtpdConfig(

@@ -17,8 +17,8 @@ Standards: RFC 5321, 1870, 2034, 2920, 3030, 3207, 4954, 6152, 6409, 6531.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import contextlib
+import dataclasses
 import os
 import socket
 from collections import Counter
