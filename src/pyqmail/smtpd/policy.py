@@ -1,10 +1,9 @@
 """qmail-smtpd's decisions: which reply each SMTP event gets.
 
-Pure apart from three hand-offs given by the caller or named in Service:
-the queue (writer socket or $QMAILQUEUE), the recipient check service and
-the checkpassword program. The engine (proto/smtp/server.py) owns syntax
-and sequence; this owns relay control, AUTH, TLS policy, limits and the
-queue.
+Pure apart from two hand-offs given by the caller or named in Service: the
+queue (writer socket or $QMAILQUEUE) and the lookup service (RCPT checks,
+passwords). The engine (proto/smtp/server.py) owns syntax and sequence;
+this owns relay control, AUTH, TLS policy, limits and the queue.
 """
 
 from __future__ import annotations

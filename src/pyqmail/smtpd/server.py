@@ -4,7 +4,7 @@ Runs as: qmaild (the invoking user in embedded mode), after start has bound
          the listening sockets and passed them in.
 Reads:   control/{me,smtpgreeting,rcpthosts,badmailfrom,databytes,
          localiphost,timeoutsmtpd,timeoutsmtpdsession,maxrcpt,maxlinelength,
-         maxconnections,maxconnectionsperip,rcptcheck,checkpassword,
+         maxconnections,maxconnectionsperip,rcptcheck,morercpthosts,
          servercert.pem,serverkey.pem,tcprules.smtp}.
 Writes:  nothing; messages stream to the queue writer's socket, or to the
          $QMAILQUEUE program; recipients and passwords are checked by
