@@ -26,6 +26,7 @@ from pyqmail.proto.smtp import server as eng
 from pyqmail.proto.smtp.replies import Reply
 from pyqmail.smtpd.policy import Service, SmtpPolicy
 from pyqmail.smtpd.session import serve_smtp
+from tests.strategies import some_bytes
 
 CFG = SmtpdConfig(
     me="mx.example",
@@ -166,7 +167,7 @@ TOKENS = [
 
 
 @given(
-    st.lists(st.one_of(st.sampled_from(TOKENS), st.binary(max_size=40)), max_size=30),
+    st.lists(st.one_of(st.sampled_from(TOKENS), some_bytes(40)), max_size=30),
     st.integers(1, 64),
 )
 @settings(max_examples=150, deadline=None)
@@ -189,8 +190,8 @@ TLS_SERVICE = Service(submission=True, tls=ContextCache(_CERT))
 
 
 @given(
-    st.lists(st.one_of(st.sampled_from(TOKENS), st.binary(max_size=40)), max_size=12),
-    st.binary(max_size=300),
+    st.lists(st.one_of(st.sampled_from(TOKENS), some_bytes(40)), max_size=12),
+    some_bytes(300),
     st.integers(1, 64),
 )
 @settings(max_examples=100, deadline=None)
