@@ -19,6 +19,7 @@ from pyqmail.cli.newu import compile_users
 from pyqmail.config import Home
 from pyqmail.formats.assign import UserMatch
 from pyqmail.formats.userscdb import UsersCdbError
+from pyqmail.local.deliver import EXIT_OK, LocalJob, deliver
 from pyqmail.local.users import AssignCache, alias_user, getpw, resolve
 from pyqmail.unix import accounts
 from tests.harness import BIN, environ_with_home
@@ -246,3 +247,42 @@ def test_system_home_qmail_getpw_and_lspawn_use_the_real_alias_account(home: Hom
     assert resolve("zz-nosuch-q", home, None) == UserMatch(
         "alias", ids["alias"].uid, ids["alias"].gid, alias_dir, "-", "zz-nosuch-q"
     )
+
+
+def test_qmail_pw2u_slash_option_delivers_through_dot_qmail_dash_slash(
+    home: Home, tmp_path: Path
+) -> None:
+    """qmail-pw2u -/ | qmail-newu, then a delivery to joe-lists reads
+    ~joe/.qmail-/lists (a file in the directory .qmail-/)."""
+    joe = tmp_path / "joe"
+    maildir = joe / "ListMail"
+    for sub in ("tmp", "new", "cur"):
+        (maildir / sub).mkdir(parents=True)
+    (joe / ".qmail-").mkdir()
+    (joe / ".qmail-" / "lists").write_text("./ListMail/\n")
+    (joe / ".qmail-lists").write_text("|exit 100\n")  # what -/ must not read
+    uid, gid = os.getuid() or 4242, os.getgid()  # pw2u skips uid 0
+    passwd = f"alias:x:{uid}:{gid}::{home.root}/alias:/bin/true\njoe:x:{uid}:{gid}::{joe}:/sh\n"
+    env = environ_with_home(Path(home.root))
+    res = subprocess.run(
+        [str(BIN / "qmail-pw2u"), "-/", "-H"],
+        input=passwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert res.returncode == 0, res.stderr
+    assert f"+joe-:joe:{uid}:{gid}:{joe}:-/::" in res.stdout.splitlines()
+    Path(home.assign).write_text(res.stdout)
+    newu = subprocess.run([str(BIN / "qmail-newu")], env=env, check=False)
+    assert newu.returncode == 0
+    user = resolve("joe-lists", home, AssignCache(home).get())
+    assert user == UserMatch("joe", uid, gid, str(joe), "-/", "lists")
+    message = tmp_path / "mess"
+    message.write_bytes(b"Subject: list\n\nbody\n")
+    job = LocalJob(str(message), b"a@example.org", b"joe-lists@example.net", "1.Q1R0", False)
+    code, report = deliver(home, job, user, "./Maildir/")
+    assert (code, report) == (EXIT_OK, "did 1+0+0\n")
+    [delivered] = list((maildir / "new").iterdir())
+    assert delivered.read_bytes().endswith(b"Subject: list\n\nbody\n")
