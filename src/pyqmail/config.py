@@ -180,6 +180,7 @@ class SendConfig:
     remote_batch: int = field(default=50)
     retryunit_ms: int = field(default=1000)
     bounceformat: str = field(default="qsbmf")
+    bouncemaxbytes: int = field(default=0)  # 0: the whole original, as qmail
 
     @classmethod
     def load(cls, home: Home) -> SendConfig:
@@ -215,6 +216,7 @@ class SendConfig:
             remote_batch=max(1, control.parse_int(read_control(home, "remotebatch"), 50)),
             retryunit_ms=max(1, control.parse_int(read_control(home, "retryunit"), 1000)),
             bounceformat=_bounceformat(home),
+            bouncemaxbytes=control.parse_int(read_control(home, "bouncemaxbytes"), 0),
         )
 
 

@@ -173,6 +173,17 @@ CONTROL_FILES: tuple[ControlFile, ...] = (
         check=_bounceformat,
     ),
     ControlFile(
+        "bouncemaxbytes",
+        "int",
+        "send",
+        "bytes of the original a bounce returns, 0 = all of it (as qmail)",
+        "0",
+        pre="Bounces return at most ",
+        post=" bytes of the original (0: all)",
+        lo=0,
+        hi=1 << 40,
+    ),
+    ControlFile(
         "bouncefrom",
         "line",
         "send",

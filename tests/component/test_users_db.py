@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -18,7 +19,9 @@ from pyqmail.cli.newu import compile_users
 from pyqmail.config import Home
 from pyqmail.formats.assign import UserMatch
 from pyqmail.formats.userscdb import UsersCdbError
-from pyqmail.local.users import AssignCache, getpw, resolve
+from pyqmail.local.deliver import EXIT_OK, LocalJob, deliver
+from pyqmail.local.users import AssignCache, alias_user, getpw, resolve
+from pyqmail.unix import accounts
 from tests.harness import BIN, environ_with_home
 
 
@@ -170,3 +173,116 @@ def test_pyqmail_check_warns_of_a_stale_users_cdb_and_refuses_bad_quotas(home: H
     problems = check_home(home)
     assert [p for p in problems if p.startswith(f"{home.control('quotas')}:1: ")], problems
     assert any("run qmail-newu" in w for w in check_local(home))
+
+
+# -- the alias user: one rule for qmail-getpw and lspawn -------------------------
+
+
+def _qmail_getpw(home: Home, local: str) -> tuple[int, list[str]]:
+    res = subprocess.run(
+        [str(BIN / "qmail-getpw"), local],
+        env=environ_with_home(Path(home.root)),
+        capture_output=True,
+        check=False,
+    )
+    return res.returncode, res.stdout.decode().split("\0")[:-1]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
+def test_embedded_home_alias_user_is_the_owner_of_its_alias_dir(home: Home) -> None:
+    """Whether or not the machine has an `alias` account: an embedded home's
+    deliveries run as its invoking user, so ~alias's owner is the alias user."""
+    alias_dir = os.path.join(home.root, "alias")
+    os.chown(alias_dir, 4321, 4322)
+    code, fields = _qmail_getpw(home, "No-Such-Qq")
+    assert code == 0
+    assert fields == ["alias", "4321", "4322", alias_dir, "-", "No-Such-Qq"]
+    assert resolve("No-Such-Qq", home, None) == UserMatch(
+        "alias", 4321, 4322, alias_dir, "-", "No-Such-Qq"
+    )
+
+
+def test_embedded_home_without_alias_dir_has_no_alias_user(home: Home) -> None:
+    shutil.rmtree(os.path.join(home.root, "alias"))
+    code, fields = _qmail_getpw(home, "No-Such-Qq")
+    assert (code, fields) == (116, [])
+    assert resolve("No-Such-Qq", home, None) is None
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
+def test_system_home_alias_user_is_the_alias_account(home: Home) -> None:
+    """qmail's rule: the account's uid/gid, ~alias = QMAILHOME/alias (not the
+    account's passwd home), and no account means no alias user."""
+    os.chown(home.queue, 5001, 5001)  # what makes a system home: queue/ is qmailq's
+    os.chown(os.path.join(home.root, "alias"), 6000, 6000)  # the owner does not decide
+    table = {
+        "qmailq": _pw("qmailq", 5001, "/nonexistent"),
+        "alias": pwd.struct_passwd(("alias", "x", 5002, 5003, "", "/elsewhere", "/bin/false")),
+    }
+
+    def getpwnam(name: str) -> pwd.struct_passwd:
+        return table[name]
+
+    alias_dir = os.path.join(home.root, "alias")
+    assert alias_user(home, "Rest-Of-It", getpwnam) == UserMatch(
+        "alias", 5002, 5003, alias_dir, "-", "Rest-Of-It"
+    )
+    del table["alias"]
+    assert alias_user(home, "Rest-Of-It", getpwnam) is None
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or accounts.qmail_ids() is None,
+    reason="needs root and qmail's accounts (test_privsep creates them in CI)",
+)
+def test_system_home_qmail_getpw_and_lspawn_use_the_real_alias_account(home: Home) -> None:
+    ids = accounts.qmail_ids()
+    assert ids is not None
+    os.chown(home.queue, ids["qmailq"].uid, ids["qmailq"].gid)
+    alias_dir = os.path.join(home.root, "alias")
+    code, fields = _qmail_getpw(home, "zz-nosuch-q")
+    assert code == 0
+    expected = ["alias", str(ids["alias"].uid), str(ids["alias"].gid), alias_dir, "-"]
+    assert fields == [*expected, "zz-nosuch-q"]
+    assert resolve("zz-nosuch-q", home, None) == UserMatch(
+        "alias", ids["alias"].uid, ids["alias"].gid, alias_dir, "-", "zz-nosuch-q"
+    )
+
+
+def test_qmail_pw2u_slash_option_delivers_through_dot_qmail_dash_slash(
+    home: Home, tmp_path: Path
+) -> None:
+    """qmail-pw2u -/ | qmail-newu, then a delivery to joe-lists reads
+    ~joe/.qmail-/lists (a file in the directory .qmail-/)."""
+    joe = tmp_path / "joe"
+    maildir = joe / "ListMail"
+    for sub in ("tmp", "new", "cur"):
+        (maildir / sub).mkdir(parents=True)
+    (joe / ".qmail-").mkdir()
+    (joe / ".qmail-" / "lists").write_text("./ListMail/\n")
+    (joe / ".qmail-lists").write_text("|exit 100\n")  # what -/ must not read
+    uid, gid = os.getuid() or 4242, os.getgid()  # pw2u skips uid 0
+    passwd = f"alias:x:{uid}:{gid}::{home.root}/alias:/bin/true\njoe:x:{uid}:{gid}::{joe}:/sh\n"
+    env = environ_with_home(Path(home.root))
+    res = subprocess.run(
+        [str(BIN / "qmail-pw2u"), "-/", "-H"],
+        input=passwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert res.returncode == 0, res.stderr
+    assert f"+joe-:joe:{uid}:{gid}:{joe}:-/::" in res.stdout.splitlines()
+    Path(home.assign).write_text(res.stdout)
+    newu = subprocess.run([str(BIN / "qmail-newu")], env=env, check=False)
+    assert newu.returncode == 0
+    user = resolve("joe-lists", home, AssignCache(home).get())
+    assert user == UserMatch("joe", uid, gid, str(joe), "-/", "lists")
+    message = tmp_path / "mess"
+    message.write_bytes(b"Subject: list\n\nbody\n")
+    job = LocalJob(str(message), b"a@example.org", b"joe-lists@example.net", "1.Q1R0", False)
+    code, report = deliver(home, job, user, "./Maildir/")
+    assert (code, report) == (EXIT_OK, "did 1+0+0\n")
+    [delivered] = list((maildir / "new").iterdir())
+    assert delivered.read_bytes().endswith(b"Subject: list\n\nbody\n")

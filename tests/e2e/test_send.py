@@ -140,6 +140,28 @@ def test_double_bounce_then_triple_bounce_and_hup(home: Path) -> None:
         assert len(mta.maildir_files("postmaster")) == 1
 
 
+def test_bouncemaxbytes_cuts_the_original_a_live_bounce_returns(home: Path) -> None:
+    """control/bouncemaxbytes: the QSBMF bounce of a big message returns only
+    its first whole lines under the cap, and says so."""
+    write_control(home, "bouncemaxbytes", "600\n")
+    big = b"Subject: big one\r\n\r\n" + b"0123456789 padding line\r\n" * 2000
+    with mta_with_sink(home) as (mta, _sink):
+        _send(mta, "postmaster@localhost", ["reject-big@example.net"], big)
+        files = mta.wait_for_maildir("postmaster")
+        wait_until(mta.queue_empty, 20, "the queue to empty")
+    raw = files[0].read_bytes()
+    assert len(raw) < 2500
+    bounce = email.message_from_bytes(raw)
+    body = bounce.get_payload()
+    assert isinstance(body, str)
+    assert "<reject-big@example.net>:\n127.0.0.1 does not like recipient." in body
+    assert re.search(r"The message was \d+ bytes; only its first \d+ are returned", body)
+    returned = body.split("--- Below this line is a copy of the message.\n\n", 1)[1]
+    assert returned.startswith("Return-Path: <postmaster@localhost>\nReceived: ")
+    assert returned.endswith("\n")  # cut at a line end
+    assert 0 < returned.count("0123456789 padding line\n") < 25
+
+
 def test_concurrency_zero_holds_a_channel_until_sighup_raises_it(home: Path) -> None:
     """qmail-files §2.1: concurrencyremote 0 suspends remote deliveries; SIGHUP
     rereads it and the waiting work goes out, nothing dropped; local mail

@@ -92,3 +92,23 @@ def test_bad_bounceformat_is_a_config_error_naming_the_file(tmp_path: Path) -> N
     )
     (tmp_path / "q" / "control" / "bounceformat").write_text("DSN\n")
     assert SendConfig.load(home).bounceformat == "dsn"
+
+
+@pytest.mark.parametrize("fmt", ["qsbmf", "dsn"])
+def test_control_bouncemaxbytes_reaches_both_formats(tmp_path: Path, fmt: str) -> None:
+    from pyqmail.cli.homeinit import init_home
+
+    home = Home(str(tmp_path / "qmail"))
+    init_home(home, "mx.example.net")
+    assert SendConfig.load(home).bouncemaxbytes == 0  # qmail: the whole message
+    Path(home.control("bouncemaxbytes")).write_text("12\n")
+    Path(home.control("bounceformat")).write_text(fmt + "\n")
+    cfg = SendConfig.load(home)
+    assert cfg.bouncemaxbytes == 12
+    original = b"Subject: x\n" + b"body line\n" * 50
+    got = build_bounce(cfg, sender=b"a@b.example", birth=0, failures=FAIL, original=original, now=0)
+    assert got is not None
+    text, _env = got
+    assert b"only its first 11 are returned (bouncemaxbytes 12)" in text
+    assert b"Return-Path: <a@b.example>\nSubject: x\n" in text
+    assert b"body line" not in text

@@ -140,3 +140,41 @@ def test_any_report_and_original_give_one_well_formed_report(report: bytes, orig
     assert per_rcpt["Action"] == "failed"
     assert per_rcpt["Status"][0] in "45"
     assert "\n" not in per_rcpt["Diagnostic-Code"]
+
+
+def test_bouncemaxbytes_cuts_the_returned_message_and_says_so() -> None:
+    original = b"Subject: big\nX-Pad: 1\n\n" + b"line of the body\n" * 1000
+    raw = format_dsn(
+        now=1_700_000_000.0,
+        reporting_mta=b"mx.example.net",
+        bouncefrom=b"MAILER-DAEMON",
+        bouncehost=b"mx.example.net",
+        to=b"alice@example.org",
+        failures=[Failure(b"a@b", b"Sorry. (#5.1.1)\n")],
+        original_sender=b"alice@example.org",
+        original=original,
+        arrival=1_699_999_000.0,
+        double=False,
+        max_bytes=100,
+    )
+    assert len(raw) < 3000
+    msg = email.message_from_bytes(raw)
+    assert not msg.defects
+    human, status, returned = mime_parts(msg)
+    text = human.get_payload(decode=True)
+    assert isinstance(text, bytes)
+    assert b"The message was %d bytes; only its first 91 are returned" % len(original) in text
+    assert mime_parts(status)[1]["Status"] == "5.1.1"
+    assert returned.get_content_type() == "message/rfc822"
+    (inner,) = mime_parts(returned)
+    assert isinstance(inner, email.message.Message)
+    assert inner["Subject"] == "big"
+    assert inner["Return-Path"] == "<alice@example.org>"
+    assert inner.get_payload() == "line of the body\n" * 4  # 23 + 4*17 = 91 bytes kept
+
+
+def test_bouncemaxbytes_zero_returns_everything() -> None:
+    original = b"Subject: big\n\n" + b"x" * 5000 + b"\n"
+    raw = _dsn([Failure(b"a@b", b"x")], original)
+    assert b"only its first" not in raw
+    assert b"x" * 5000 + b"\n" in raw

@@ -47,8 +47,32 @@ def test_options_upper_no_check_and_no_extensions() -> None:
     assert "+joe-" not in out
 
 
-def test_dash_option() -> None:
-    assert "+joe+:joe:1001:100:/home/joe:+::" in convert(PASSWD, _state, Options(dash="+"))
+def test_break_option_changes_the_keys_not_the_dash_field() -> None:
+    """-c X: qmail-pw2u's dashcolon stays "-", so joe+ext still reads .qmail-ext."""
+    out = convert(PASSWD, _state, Options(dash="+"), Extras(subusers=("sales:joe:sales:",)))
+    assert "+joe+:joe:1001:100:/home/joe:-::" in out
+    assert "+sales+:joe:1001:100:/home/joe:-:sales-:" in out
+    assert parse_assign(out).lookup("joe+x") == UserMatch("joe", 1001, 100, "/home/joe", "-", "x")
+
+
+def test_slash_option_puts_extension_files_under_dot_qmail_dash_slash() -> None:
+    """-/: every dash field is "-/" (qmail's "-/:"), exact matches keep "" """
+    out = convert(PASSWD, _state, Options(slash=True), Extras(subusers=("sales:joe:sales:",)))
+    assert out == (
+        "=alias:alias:7790:2108:/var/qmail/alias:::\n"
+        "+alias-:alias:7790:2108:/var/qmail/alias:-/::\n"
+        "=joe:joe:1001:100:/home/joe:::\n"
+        "+joe-:joe:1001:100:/home/joe:-/::\n"
+        "=sales:joe:1001:100:/home/joe:-/:sales:\n"
+        "+sales-:joe:1001:100:/home/joe:-/:sales-:\n"
+        "+:alias:7790:2108:/var/qmail/alias:-/::\n"
+        ".\n"
+    )
+    a = parse_assign(out)
+    assert a.lookup("joe") == UserMatch("joe", 1001, 100, "/home/joe", "", "")
+    assert a.lookup("joe-x") == UserMatch("joe", 1001, 100, "/home/joe", "-/", "x")
+    assert a.lookup("sales-eu") == UserMatch("joe", 1001, 100, "/home/joe", "-/", "sales-eu")
+    assert a.lookup("who") == UserMatch("alias", 7790, 2108, "/var/qmail/alias", "-/", "who")
 
 
 def test_missing_home_can_be_fatal() -> None:

@@ -189,3 +189,48 @@ def test_bounce_file_stops_at_garbage() -> None:
     good = format_bounce_record(Failure(b"a@b", b"x"))
     assert parse_bounce_file(good + b"zz:garbage,") == [Failure(b"a@b", b"x")]
     assert parse_bounce_file(b"") == []
+
+
+# -- control/bouncemaxbytes: the returned original, cut -----------------------
+
+
+def _capped(max_bytes: int, original: bytes = ORIGINAL) -> bytes:
+    return format_bounce(
+        now=NOW,
+        bouncefrom=b"MAILER-DAEMON",
+        bouncehost=b"mx.example.net",
+        to=b"alice@example.org",
+        failures=FAILURES,
+        original_sender=b"alice@example.org",
+        original=original,
+        double=False,
+        max_bytes=max_bytes,
+    )
+
+
+def test_bouncemaxbytes_zero_or_not_reached_returns_the_whole_message() -> None:
+    assert _capped(0) == EXAMPLE
+    assert _capped(len(ORIGINAL)) == EXAMPLE
+
+
+def test_bouncemaxbytes_cuts_at_the_last_whole_line_with_a_note() -> None:
+    limit = len(ORIGINAL) - 3  # inside the last line "Noon?\n"
+    got = _capped(limit)
+    kept = ORIGINAL[: ORIGINAL.rindex(b"\n", 0, limit) + 1]
+    assert kept.endswith(b"Subject: lunch\n\n")
+    note = b"The message was %d bytes; only its first %d are returned (bouncemaxbytes %d).\n\n" % (
+        len(ORIGINAL),
+        len(kept),
+        limit,
+    )
+    # the note ends the human part, before the break; QSBMF's layout is kept
+    human, _, returned = got.partition(b"--- Below this line is a copy of the message.\n\n")
+    assert human.endswith(b"Giving up on 203.0.113.7.\n\n" + note)
+    assert returned == b"Return-Path: <alice@example.org>\n" + kept
+    assert b"Noon?" not in got
+
+
+def test_bouncemaxbytes_smaller_than_one_line_cuts_at_the_byte() -> None:
+    got = _capped(10)
+    assert got.endswith(b"\n\nReturn-Path: <alice@example.org>\n" + ORIGINAL[:10])
+    assert b"only its first 10 are returned" in got

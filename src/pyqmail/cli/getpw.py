@@ -6,7 +6,8 @@ Writes:  six NUL-terminated fields on fd 1: user, uid, gid, home, dash, ext.
 Rules:   qmail-files §4: the whole local part, then each prefix ending
          before a '-', longest first (lowercased, under 32 bytes); a user
          with uid 0, a missing home or a home it does not own is skipped.
-         No hit: the alias user, dash '-', ext = the whole local part.
+         No hit: the alias user (local/users.alias_user, lspawn's rule
+         too), dash '-', ext = the whole local part.
 Exit:    0; 100 no argument; 115 a temporary error checking a home
          directory; 116 no alias user.
 """
@@ -15,12 +16,10 @@ from __future__ import annotations
 
 import errno
 import os
-import pwd
 import sys
 
 from pyqmail.config import Home
-from pyqmail.formats.assign import UserMatch
-from pyqmail.local.users import getpw
+from pyqmail.local.users import alias_user, getpw
 
 EXIT_NFS = 115  # QLX_NFS
 EXIT_NOALIAS = 116  # QLX_NOALIAS
@@ -49,21 +48,6 @@ class _Temporary(Exception):
 def _stat_error(exc: OSError) -> None:
     if exc.errno in TEMPORARY:
         raise _Temporary from exc
-
-
-def alias_user(home: Home, local: str) -> UserMatch | None:
-    """The passwd user 'alias'; in an embedded home, the owner of ~alias."""
-    try:
-        pw = pwd.getpwnam("alias")
-        return UserMatch(pw.pw_name, pw.pw_uid, pw.pw_gid, pw.pw_dir, "-", local)
-    except KeyError:
-        pass
-    alias_home = os.path.join(home.root, "alias")
-    try:
-        st = os.stat(alias_home)
-    except OSError:
-        return None
-    return UserMatch("alias", st.st_uid, st.st_gid, alias_home, "-", local)
 
 
 def main() -> int:

@@ -1,4 +1,4 @@
-"""qmail-pw2u [-ohHuUC] [-c X]: a passwd file on stdin to users/assign on stdout.
+"""qmail-pw2u [-/ohHuUC] [-c X]: a passwd file on stdin to users/assign on stdout.
 
 Runs as: anyone. Reads stdin and, when present, QMAILHOME/users/{include,
 exclude,mailnames,subusers,append}; stats each user's home.
@@ -16,7 +16,7 @@ from pyqmail.formats.control import ControlError
 from pyqmail.formats.pw2u import Extras, HomeCheck, HomeState, Options, PwEntry, convert
 
 MAX_INPUT = 1 << 28
-USAGE = "qmail-pw2u: usage: qmail-pw2u [-ohHuUC] [-c X] < passwd"
+USAGE = "qmail-pw2u: usage: qmail-pw2u [-/ohHuUC] [-c X] < passwd"
 
 
 def home_state(pw: PwEntry) -> HomeState:
@@ -38,14 +38,14 @@ def _read_lines(path: str) -> list[str] | None:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     try:
-        flags, rest = getopt.getopt(args, "ohHuUCc:")
+        flags, rest = getopt.getopt(args, "/ohHuUCc:")
     except getopt.GetoptError:
         print(USAGE, file=sys.stderr)
         return 100
     if rest:
         print(USAGE, file=sys.stderr)
         return 100
-    check, upper, dash, ext = HomeCheck.SKIP_MISSING, False, "-", True
+    check, upper, dash, ext, slash = HomeCheck.SKIP_MISSING, False, "-", True, False
     for flag, value in flags:
         if flag in ("-o", "-h", "-H"):
             check = HomeCheck(flag[1])
@@ -55,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
             dash, ext = value[:1] or "-", True
         elif flag == "-C":
             ext = False
+        elif flag == "-/":
+            slash = True
     users = os.path.dirname(Home.from_env().assign)
 
     def lines(name: str) -> list[str] | None:
@@ -75,7 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         text = sys.stdin.buffer.read(MAX_INPUT).decode("utf-8", "surrogateescape")
-        out = convert(text, home_state, Options(check, upper, dash, ext), extras, path="stdin")
+        out = convert(
+            text, home_state, Options(check, upper, dash, ext, slash), extras, path="stdin"
+        )
         sys.stdout.buffer.write(out.encode("utf-8", "surrogateescape"))
         sys.stdout.flush()
     except ControlError as exc:

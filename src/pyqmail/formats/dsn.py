@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 
 from pyqmail.formats.dates import date822
-from pyqmail.formats.qsbmf import GIVE_UP, Failure, bounce_text
+from pyqmail.formats.qsbmf import GIVE_UP, Failure, bounce_text, returned_original
 
 MAX_FIELD_CHARS = 900  # a header field that stays under RFC 5322's 998-byte line limit
 _REMOTE_SAID = re.compile(rb"^Remote host said: ([2-5][0-9][0-9])([ -].*)?$", re.M)
@@ -91,13 +91,16 @@ def format_dsn(
     original: bytes,
     arrival: float,
     double: bool,
+    max_bytes: int = 0,
 ) -> bytes:
     """A ``multipart/report; report-type=delivery-status`` bounce (RFC 3464, RFC 6522).
 
     ``original`` is the queued message (LF line ends, as stored); it is
-    returned whole as ``message/rfc822`` with qmail's Return-Path on top.
+    returned as ``message/rfc822`` with qmail's Return-Path on top, whole or
+    cut to ``max_bytes`` (control/bouncemaxbytes) with a note in the text part.
     """
-    human = bounce_text(bouncehost, failures, double=double)
+    cut = returned_original(original_sender, original, max_bytes)
+    human = bounce_text(bouncehost, failures, double=double, note=cut.note)
     blocks = [
         b"Reporting-MTA: dns; " + reporting_mta + b"\n"
         b"Arrival-Date: " + date822(arrival).encode() + b"\n"
@@ -114,7 +117,7 @@ def format_dsn(
         block += b"Diagnostic-Code: " + st.diagnostic.encode() + b"\n"
         blocks.append(block)
     status_part = b"\n".join(blocks)
-    returned = b"Return-Path: <" + original_sender + b">\n" + original
+    returned = cut.text
     b = _boundary(human, status_part, returned, b"%f" % now).encode()
     eight_bit = any(c > 127 for c in returned)
     human_cte = b"8bit" if any(c > 127 for c in human) else b"7bit"

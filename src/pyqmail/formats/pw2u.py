@@ -6,6 +6,11 @@ or not theirs (as the home policy says); each user yields ``=name`` and
 ``+name<break>`` lines for each of its mail names; ``subusers`` adds
 sub-addresses; the alias account adds the catch-all ``+:alias...``; the
 ``append`` text is copied before the final ``.``.
+
+The break character (``-c X``) only ends the ``+name<break>`` keys; the dash
+field, which qmail-local puts between ``.qmail`` and the extension, is
+always ``-`` (``-/`` with the ``-/`` option: extension files then live in
+the directory ``~/.qmail-/``), as qmail-pw2u's dashcolon.
 """
 
 from __future__ import annotations
@@ -36,8 +41,13 @@ class HomeState(Enum):
 class Options:
     home_check: HomeCheck = HomeCheck.SKIP_MISSING
     allow_upper: bool = False  # -u
-    dash: str = "-"  # -c X
+    dash: str = "-"  # -c X: the break character in +name<break> keys
     extensions: bool = True  # -C turns them off
+    slash: bool = False  # -/: the dash field is "-/" (.qmail-/ext)
+
+    @property
+    def dash_field(self) -> str:
+        return "-/" if self.slash else "-"
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +100,7 @@ def convert(
             raise ControlError("users/mailnames", number, "needs user:name[:name...]")
         names.setdefault(owner, []).extend(m for m in aliases if m)
     out: list[str] = []
+    dash = opts.dash_field
     accounts: dict[str, PwEntry] = {}
     for number, line in enumerate(lines, 1):
         if not line.strip():
@@ -113,7 +124,7 @@ def convert(
             if opts.extensions:
                 out.append(
                     format_assign_line(
-                        "+", mail + opts.dash, pw.name, pw.uid, pw.gid, pw.home, opts.dash, ""
+                        "+", mail + opts.dash, pw.name, pw.uid, pw.gid, pw.home, dash, ""
                     )
                 )
     for number, line in enumerate(extras.subusers, 1):
@@ -125,17 +136,17 @@ def convert(
         if pw_user is None:
             raise ControlError("users/subusers", number, f"no such user {user}")
         u = pw_user
-        out.append(format_assign_line("=", sub, u.name, u.uid, u.gid, u.home, "-", pre))
+        out.append(format_assign_line("=", sub, u.name, u.uid, u.gid, u.home, dash, pre))
         if opts.extensions:
             out.append(
                 format_assign_line(
-                    "+", sub + opts.dash, u.name, u.uid, u.gid, u.home, "-", pre + opts.dash
+                    "+", sub + opts.dash, u.name, u.uid, u.gid, u.home, dash, pre + "-"
                 )
             )
     alias = accounts.get("alias")
     if alias is None:
         raise ControlError(path, 0, "no alias account: qmail needs one")
-    out.append(format_assign_line("+", "", "alias", alias.uid, alias.gid, alias.home, "-", ""))
+    out.append(format_assign_line("+", "", "alias", alias.uid, alias.gid, alias.home, dash, ""))
     text = "".join(line + "\n" for line in out)
     if extras.append:
         text += extras.append if extras.append.endswith("\n") else extras.append + "\n"

@@ -24,8 +24,42 @@ def failure_paragraph(f: Failure) -> bytes:
 GIVE_UP = b"I'm not going to try again; this message has been in the queue too long."
 
 
-def bounce_text(bouncehost: bytes, failures: list[Failure], *, double: bool) -> bytes:
-    """The human part: ``Hi. This is the qmail-send program...`` and the failure paragraphs."""
+@dataclass(frozen=True, slots=True)
+class Returned:
+    """What a bounce returns of the original: QSBMF and DSN take it from here."""
+
+    text: bytes  # qmail's Return-Path line, then the original (cut, if over the cap)
+    note: bytes  # b"" when whole; else a paragraph saying what was cut
+
+
+def returned_original(sender: bytes, original: bytes, max_bytes: int = 0) -> Returned:
+    """The original behind its Return-Path line, cut to control/bouncemaxbytes.
+
+    ``max_bytes`` 0 returns it whole, as qmail does. Otherwise at most that
+    many bytes of the original are kept, ending at the last whole line that
+    fits (a cut inside a line could split a character or a header), or at
+    the byte limit when not even one line fits.
+    """
+    head = b"Return-Path: <" + sender + b">\n"
+    if max_bytes <= 0 or len(original) <= max_bytes:
+        return Returned(head + original, b"")
+    kept = original[:max_bytes]
+    line_end = kept.rfind(b"\n")
+    if line_end >= 0:
+        kept = kept[: line_end + 1]
+    note = b"The message was %d bytes; only its first %d are returned (bouncemaxbytes %d).\n\n" % (
+        len(original),
+        len(kept),
+        max_bytes,
+    )
+    return Returned(head + kept, note)
+
+
+def bounce_text(
+    bouncehost: bytes, failures: list[Failure], *, double: bool, note: bytes = b""
+) -> bytes:
+    """The human part: ``Hi. This is the qmail-send program...``, the failure
+    paragraphs, then the note of a cut original if any."""
     head = b"Hi. This is the qmail-send program at " + bouncehost + b".\n"
     if double:
         head += b"I tried to deliver a bounce message to this address, but the bounce bounced!\n\n"
@@ -34,7 +68,7 @@ def bounce_text(bouncehost: bytes, failures: list[Failure], *, double: bool) -> 
             b"I'm afraid I wasn't able to deliver your message to the following addresses.\n"
             b"This is a permanent error; I've given up. Sorry it didn't work out.\n\n"
         )
-    return head + b"".join(failure_paragraph(f) for f in failures)
+    return head + b"".join(failure_paragraph(f) for f in failures) + note
 
 
 def format_bounce(
@@ -47,7 +81,9 @@ def format_bounce(
     original_sender: bytes,
     original: bytes,
     double: bool,
+    max_bytes: int = 0,
 ) -> bytes:
+    returned = returned_original(original_sender, original, max_bytes)
     head = (
         b"Date: " + date822(now).encode() + b"\n"
         b"From: " + bouncefrom + b"@" + bouncehost + b"\n"
@@ -58,8 +94,8 @@ def format_bounce(
         brk = b"--- Below this line is the original bounce.\n\n"
     else:
         brk = b"--- Below this line is a copy of the message.\n\n"
-    body = bounce_text(bouncehost, failures, double=double)
-    return head + body + brk + b"Return-Path: <" + original_sender + b">\n" + original
+    body = bounce_text(bouncehost, failures, double=double, note=returned.note)
+    return head + body + brk + returned.text
 
 
 def format_bounce_record(f: Failure) -> bytes:

@@ -1,4 +1,4 @@
-"""The queue writer's socket protocol (client side, sync and async).
+"""The queue writer's socket protocol: both halves, in one place.
 
 Client -> writer, each a netstring:
   1. header  ``QMQ1\\0<origin>``  origin: network | bounce | local
@@ -7,20 +7,33 @@ Client -> writer, each a netstring:
   4. the envelope in qmail-queue's fd-1 form (``F..\\0T..\\0\\0``)
 Writer -> client: one netstring ``K<id>`` (queued and fsynced), ``Z<text>``
 or ``D<text>``; then the writer closes.
+
+The client half (AsyncSubmission, SyncSubmission, submit_sync) is used by
+every injector; the server half (read_origin, read_body, read_envelope,
+answer) by the two programs that listen on the socket: the queue writer and
+a mini node's QMQP forwarder. What each does with the bytes, and when it may
+say K, stays with it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from pyqmail.formats import envelope as env_fmt
 from pyqmail.formats import netstring
 from pyqmail.ipc.frames import MAX_FRAME_BYTES, read_frame
 
 MAGIC = b"QMQ1"
 CHUNK_LIMIT = 1 << 20
 ORIGINS = (b"network", b"bounce", b"local")
+MAX_MESSAGE_BYTES = 1 << 31
+ENVELOPE_LIMIT = 64 << 20
+HEADER_LIMIT = 64
+CLIENT_TIMEOUT_S = 24 * 3600  # qmail-queue's suicide alarm
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,3 +152,87 @@ class SyncSubmission:
             return QueueResult("Z", "qq crashed (#4.3.0)")
         finally:
             self._sock.close()
+
+
+# -- server side ---------------------------------------------------------
+
+
+class QueueFailure(Exception):
+    """Refuse the message with ``Z<text>`` or ``D<text>``."""
+
+    def __init__(self, status: str, text: str) -> None:
+        super().__init__(text)
+        self.status = status
+        self.text = text
+
+    @property
+    def reply(self) -> bytes:
+        return self.status.encode() + self.text.encode()
+
+
+async def read_origin(reader: asyncio.StreamReader) -> bytes:
+    """The header frame; returns the origin the client claims (one of ORIGINS)."""
+    header = await read_frame(reader, HEADER_LIMIT)
+    if header is None or not header.startswith(MAGIC + b"\0"):
+        raise QueueFailure("Z", "qq internal bug (#4.3.0)")
+    origin = header[len(MAGIC) + 1 :]
+    if origin not in ORIGINS:
+        raise QueueFailure("Z", "qq internal bug (#4.3.0)")
+    return origin
+
+
+async def read_body(
+    reader: asyncio.StreamReader,
+    write: Callable[[bytes], object],
+    max_bytes: int = MAX_MESSAGE_BYTES,
+) -> int:
+    """Pass each chunk to ``write`` up to the empty end frame; returns the size."""
+    size = 0
+    while True:
+        chunk = await read_frame(reader, CHUNK_LIMIT)
+        if chunk is None:
+            raise QueueFailure("Z", "qq read error (#4.3.0)")
+        if not chunk:
+            return size
+        size += len(chunk)
+        if size > max_bytes:
+            raise QueueFailure("D", "qq permanent problem (#5.3.0)")
+        write(chunk)
+
+
+async def read_envelope(reader: asyncio.StreamReader) -> env_fmt.Envelope:
+    """The envelope frame, parsed strictly; errors map as qmail-queue's exit codes."""
+    wire = await read_frame(reader, ENVELOPE_LIMIT)
+    if wire is None:
+        raise QueueFailure("Z", "qq read error (#4.3.0)")
+    try:
+        return env_fmt.parse_wire(wire)
+    except env_fmt.EnvelopeError as exc:
+        status = "D" if 11 <= exc.code <= 40 else "Z"
+        text = (
+            "envelope address too long for qq (#5.1.3)"
+            if exc.code == 11
+            else "qq read error (#4.3.0)"
+            if exc.code == 54
+            else "qq internal bug (#4.3.0)"
+        )
+        raise QueueFailure(status, text) from exc
+
+
+async def answer(writer: asyncio.StreamWriter, receive: Awaitable[bytes]) -> None:
+    """Await ``receive`` (which yields ``K<id>``), answer the client, close.
+
+    Any failure to read the client, or the client's silence for a day,
+    becomes a Z; QueueFailure carries its own reply.
+    """
+    try:
+        async with asyncio.timeout(CLIENT_TIMEOUT_S):
+            reply = await receive
+    except QueueFailure as exc:
+        reply = exc.reply
+    except (TimeoutError, asyncio.IncompleteReadError, OSError, netstring.NetstringError):
+        reply = b"Zqq read error (#4.3.0)"
+    with contextlib.suppress(OSError):
+        writer.write(netstring.encode(reply))
+        await writer.drain()
+        writer.close()

@@ -24,6 +24,7 @@ import cdblib
 from pyqmail.config import Home
 from pyqmail.formats import dotqmail, userscdb
 from pyqmail.formats.assign import UserMatch, parse_assign
+from pyqmail.unix import accounts
 
 MAX_PW_NAME = 32
 MAX_USERS_CDB_BYTES = 1 << 30
@@ -139,7 +140,28 @@ def resolve(local: str, home: Home, users: UserDb | None) -> UserMatch | None:
         hit = getpw(local, _defer_unless_missing)
         if hit is not None:
             return hit
+    return alias_user(home, local)
+
+
+def alias_user(
+    home: Home, local: str, getpwnam: accounts.GetPwNam = pwd.getpwnam
+) -> UserMatch | None:
+    """The catch-all user: qmail-getpw's and lspawn's one rule.
+
+    As qmail: the ``alias`` account's uid and gid, with ~alias being
+    QMAILHOME/alias (qmail installs the account with that home; this home's
+    alias/ is the one meant even if the account says otherwise). That holds
+    in a system home, whose deliveries run under qmail's accounts; there a
+    missing account is None (qmail's "no alias user", a temporary error).
+    An embedded home runs every delivery as its invoking user, so there the
+    owner of QMAILHOME/alias is the alias user, account or not.
+    """
     alias_home = os.path.join(home.root, "alias")
+    if accounts.is_system_home(home.queue, getpwnam):
+        ids = accounts.lookup("alias", getpwnam)
+        if ids is None:
+            return None
+        return UserMatch("alias", ids.uid, ids.gid, alias_home, "-", local)
     try:
         st = os.stat(alias_home)
     except OSError:

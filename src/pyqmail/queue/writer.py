@@ -30,24 +30,12 @@ from dataclasses import dataclass, field
 
 from pyqmail.config import SPLIT, Home
 from pyqmail.formats import envelope as env_fmt
-from pyqmail.formats import netstring
 from pyqmail.formats.dates import date822
-from pyqmail.ipc.frames import read_frame
+from pyqmail.ipc import queue_proto
 from pyqmail.ipc.listen import wait_for_stop
-from pyqmail.ipc.queue_proto import CHUNK_LIMIT, MAGIC, ORIGINS
+from pyqmail.ipc.queue_proto import CHUNK_LIMIT, QueueFailure
 from pyqmail.unix import accounts, durable
 from pyqmail.unix.logfmt import log
-
-MAX_MESSAGE_BYTES = 1 << 31
-ENVELOPE_LIMIT = 64 << 20
-CLIENT_TIMEOUT_S = 24 * 3600  # qmail-queue's suicide alarm
-
-
-class QueueFailure(Exception):
-    def __init__(self, status: str, text: str) -> None:
-        super().__init__(text)
-        self.status = status
-        self.text = text
 
 
 @dataclass(slots=True)
@@ -128,27 +116,10 @@ class QueueWriter:
             from pyqmail.ipc.frames import peer_uid_pid
 
             uid, pid = peer_uid_pid(sock)
-        try:
-            async with asyncio.timeout(CLIENT_TIMEOUT_S):
-                reply = await self._receive(reader, uid, pid)
-        except QueueFailure as exc:
-            reply = exc.status.encode() + exc.text.encode()
-        except (TimeoutError, asyncio.IncompleteReadError, OSError):
-            reply = b"Zqq read error (#4.3.0)"
-        except netstring.NetstringError:
-            reply = b"Zqq read error (#4.3.0)"
-        with contextlib.suppress(OSError):
-            writer.write(netstring.encode(reply))
-            await writer.drain()
-            writer.close()
+        await queue_proto.answer(writer, self._receive(reader, uid, pid))
 
     async def _receive(self, reader: asyncio.StreamReader, uid: int, pid: int) -> bytes:
-        header = await read_frame(reader, 64)
-        if header is None or not header.startswith(MAGIC + b"\0"):
-            raise QueueFailure("Z", "qq internal bug (#4.3.0)")
-        origin = header[len(MAGIC) + 1 :]
-        if origin not in ORIGINS:
-            raise QueueFailure("Z", "qq internal bug (#4.3.0)")
+        origin = await queue_proto.read_origin(reader)
         msg_id, mess_fd = self._alloc()
         intd_fd = -1
         committed = False
@@ -158,32 +129,8 @@ class QueueWriter:
                 f"{date822(time.time())}\n"
             )
             durable.write_all(mess_fd, received.encode())
-            size = 0
-            while True:
-                chunk = await read_frame(reader, CHUNK_LIMIT)
-                if chunk is None:
-                    raise QueueFailure("Z", "qq read error (#4.3.0)")
-                if not chunk:
-                    break
-                size += len(chunk)
-                if size > MAX_MESSAGE_BYTES:
-                    raise QueueFailure("D", "qq permanent problem (#5.3.0)")
-                durable.write_all(mess_fd, chunk)
-            wire = await read_frame(reader, ENVELOPE_LIMIT)
-            if wire is None:
-                raise QueueFailure("Z", "qq read error (#4.3.0)")
-            try:
-                env = env_fmt.parse_wire(wire)
-            except env_fmt.EnvelopeError as exc:
-                status = "D" if 11 <= exc.code <= 40 else "Z"
-                text = (
-                    "envelope address too long for qq (#5.1.3)"
-                    if exc.code == 11
-                    else "qq read error (#4.3.0)"
-                    if exc.code == 54
-                    else "qq internal bug (#4.3.0)"
-                )
-                raise QueueFailure(status, text) from exc
+            await queue_proto.read_body(reader, lambda chunk: durable.write_all(mess_fd, chunk))
+            env = await queue_proto.read_envelope(reader)
             intd_fd = durable.create_exclusive(self.home.q("intd", str(msg_id)), 0o640)
             todo = env_fmt.QueuedEnvelope(max(uid, 0), pid, env.sender, env.recipients)
             durable.write_all(intd_fd, env_fmt.format_todo(todo))

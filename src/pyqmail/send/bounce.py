@@ -6,7 +6,8 @@ Pure: the scheduler hands in the sender, the failures and the original.
                              or nothing when control/doublebounceto starts with ``@``
                              (netqmail's switch for dropping double bounces)
   anything else           -> bounce from ``<>`` to the sender, a VERP marker stripped
-control/bounceformat picks QSBMF (``qsbmf``, the default) or RFC 3464 (``dsn``).
+control/bounceformat picks QSBMF (``qsbmf``, the default) or RFC 3464 (``dsn``);
+control/bouncemaxbytes (0, the default: no cut) caps the original they return.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ def build_bounce(
             original=original,
             arrival=birth,
             double=double,
+            max_bytes=cfg.bouncemaxbytes,
         )
     else:
         text = format_bounce(
@@ -65,5 +67,6 @@ def build_bounce(
             original_sender=sender,
             original=original,
             double=double,
+            max_bytes=cfg.bouncemaxbytes,
         )
     return text, Envelope(DOUBLE_BOUNCE_SENDER if double else b"", (to,))

@@ -12,6 +12,7 @@ import grp
 import os
 import pwd
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 
 # qmail's INSTALL.ids: the group each user is created in
@@ -47,9 +48,12 @@ class Ids:
     gid: int
 
 
-def lookup(name: str) -> Ids | None:
+GetPwNam = Callable[[str], pwd.struct_passwd]
+
+
+def lookup(name: str, getpwnam: GetPwNam = pwd.getpwnam) -> Ids | None:
     try:
-        pw = pwd.getpwnam(name)
+        pw = getpwnam(name)
     except KeyError:
         return None
     return Ids(pw.pw_uid, pw.pw_gid)
@@ -66,8 +70,8 @@ def qmail_ids() -> dict[str, Ids] | None:
     return found
 
 
-def is_system_home(queue_dir: str) -> bool:
-    ids = lookup("qmailq")
+def is_system_home(queue_dir: str, getpwnam: GetPwNam = pwd.getpwnam) -> bool:
+    ids = lookup("qmailq", getpwnam)
     try:
         owner = os.stat(queue_dir).st_uid
     except OSError:
