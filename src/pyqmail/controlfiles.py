@@ -706,6 +706,14 @@ CONTROL_FILES: tuple[ControlFile, ...] = (
         pre="Certificate present: STARTTLS is offered.",
     ),
     ControlFile(
+        "clientcert.pem",
+        "pem",
+        "remote",
+        "certificate chain and private key presented to servers that ask, over STARTTLS",
+        "No client certificate.",
+        pre="Client certificate present.",
+    ),
+    ControlFile(
         "serverkey.pem",
         "pem",
         "smtpd",

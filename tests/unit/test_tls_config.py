@@ -42,3 +42,15 @@ def test_pyqmail_check_reports_an_unusable_certificate(tmp_path: Path) -> None:
     problems = check_home(Home(str(home)))
     assert any("servercert.pem:0: unusable for STARTTLS" in p for p in problems), problems
     assert any(p.startswith(f"{home}/control/maxrcpt:1: 0 is outside") for p in problems)
+
+
+def test_pyqmail_check_reports_world_readable_keys(tmp_path: Path) -> None:
+    home = tmp_path / "qmail"
+    init_home(home)
+    pem = home / "control" / "servercert.pem"
+    trustme.CA().issue_cert("mx.example").private_key_and_cert_chain_pem.write_to_path(str(pem))
+    pem.chmod(0o644)
+    problems = check_home(Home(str(home)))
+    assert f"{pem}:0: holds a private key but others may read it (chmod o-r)" in problems
+    pem.chmod(0o640)
+    assert not [p for p in check_home(Home(str(home))) if "servercert" in p]

@@ -86,13 +86,18 @@ def check_servercert(home: Home) -> list[str]:
     from pyqmail.net.tls import server_context
 
     cert, key = home.control("servercert.pem"), home.control("serverkey.pem")
+    problems = [
+        f"{path}:0: holds a private key but others may read it (chmod o-r)"
+        for path in (cert, key, home.control("clientcert.pem"))
+        if os.path.exists(path) and os.stat(path).st_mode & 0o004
+    ]
     if not os.path.exists(cert):
-        return []
+        return problems
     try:
         server_context(cert, key if os.path.exists(key) else None)
     except (OSError, ssl.SSLError) as exc:
-        return [f"{cert}:0: unusable for STARTTLS: {exc}"]
-    return []
+        problems.append(f"{cert}:0: unusable for STARTTLS: {exc}")
+    return problems
 
 
 def cmd_check(args: argparse.Namespace) -> int:

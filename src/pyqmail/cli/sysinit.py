@@ -42,6 +42,7 @@ QUEUE_MODES: list[tuple[str, str, str, int]] = [
     ("queue/lock/trigger", "qmails", "qmail", 0o622),
     ("queue/lock/tcpto", "qmailr", "qmail", 0o644),
 ]
+KEY_GROUPS = {"servercert.pem": "nofiles", "serverkey.pem": "nofiles", "clientcert.pem": "qmail"}
 HOME_MODES: list[tuple[str, str, str, int]] = [
     ("", "root", "qmail", 0o755),
     ("control", "root", "qmail", 0o755),
@@ -91,13 +92,11 @@ def apply_system_modes(home: Home, ids: dict[str, Ids]) -> None:
     for name in os.listdir(control_dir) if os.path.isdir(control_dir) else []:
         path = home.control(name)
         if os.path.isfile(path):
-            os.chown(path, 0, gids["qmail"])
-            # the key is for the listeners (qmaild, group nofiles) and root only;
-            # clientcert.pem's for rspawn (qmailr, group qmail)
-            secret = name in ("servercert.pem", "clientcert.pem")
-            os.chmod(path, 0o640 if secret else 0o644)
-            if name == "servercert.pem":
-                os.chown(path, 0, gids["nofiles"])
+            # private keys: the listeners' (qmaild, group nofiles) and rspawn's
+            # (qmailr, group qmail) are readable by that group and root only
+            group = KEY_GROUPS.get(name, "qmail")
+            os.chown(path, 0, gids[group])
+            os.chmod(path, 0o640 if name in KEY_GROUPS else 0o644)
     alias = ids["alias"]
     for top in ("alias", "mailboxes"):
         base = os.path.join(home.root, top)
