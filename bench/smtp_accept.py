@@ -137,6 +137,7 @@ def run_once(n: int, conc: int, size: int, controls: tuple[str, ...] = ()) -> di
         [
             *(str(BIN / "pyqmail"), "start", "--home", str(home), "--smtp", "127.0.0.1:0"),
             *("--qmtp", "off", "--qmqp", "off", "--submission", "off"),  # SMTP only
+            *("--pop3", "off"),
         ],
         stdout=log,
         stderr=log,

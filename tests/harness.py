@@ -110,7 +110,7 @@ def start_mta(home: Path, *extra: str) -> RunningMta:
             str(home),
             "--smtp",
             "127.0.0.1:0",
-            *("--qmtp", "off", "--qmqp", "off"),  # fixed default ports: opt in per test
+            *("--qmtp", "off", "--qmqp", "off", "--pop3", "off"),  # fixed ports: opt in per test
             *("--submission", "127.0.0.1:0"),
             *extra,
         ],

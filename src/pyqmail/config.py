@@ -343,3 +343,20 @@ class QmtpConfig:
     @classmethod
     def load(cls, home: Home) -> QmtpConfig:
         return cls(control.parse_colon_map(read_control(home, "qmtproutes")))
+
+
+@dataclass(frozen=True, slots=True)
+class Pop3Config:
+    me: str  # qmail-popup's HOSTNAME: the greeting's timestamp ends in it
+    timeout: int  # qmail-popup and qmail-pop3d: 20 minutes
+    servercert: str  # control/servercert.pem: STLS is offered when it exists
+    serverkey: str  # control/serverkey.pem: the key, when not in servercert.pem
+
+    @classmethod
+    def load(cls, home: Home) -> Pop3Config:
+        return cls(
+            me=_me(home) or "localhost",
+            timeout=max(1, control.parse_int(read_control(home, "timeoutpop3d"), 1200)),
+            servercert=home.control("servercert.pem"),
+            serverkey=home.control("serverkey.pem"),
+        )

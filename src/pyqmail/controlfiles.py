@@ -588,6 +588,17 @@ CONTROL_FILES: tuple[ControlFile, ...] = (
         hi=3600,
     ),
     ControlFile(
+        "timeoutpop3d",
+        "int",
+        "pop3",
+        "seconds a POP3 session may stay idle",
+        "1200",
+        pre="POP3 idle timeout is ",
+        post=" seconds",
+        lo=1,
+        hi=86400 * 7,
+    ),
+    ControlFile(
         "timeoutremote",
         "int",
         "remote",
@@ -700,8 +711,8 @@ CONTROL_FILES: tuple[ControlFile, ...] = (
     ControlFile(
         "servercert.pem",
         "pem",
-        "smtpd",
-        "certificate chain and private key for STARTTLS",
+        "smtpd, pop3",
+        "certificate chain and private key for STARTTLS and POP3's STLS",
         "No certificate: STARTTLS is not offered.",
         pre="Certificate present: STARTTLS is offered.",
     ),

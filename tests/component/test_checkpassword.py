@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
 
-from pyqmail.auth import accounts
+from pyqmail.auth import accounts, pwfile
 from tests.harness import BIN, init_home, pyqmail
 
 
@@ -120,3 +122,44 @@ def test_libcrypt_matches_openssl_sha512_crypt() -> None:
 
 def test_root_never_logs_in_as_a_system_account(tmp_path: Path) -> None:
     assert accounts.authenticate(str(tmp_path), "root", b"anything") is None
+
+
+SYSTEM_USER = "pyqpop3u"
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("useradd") is None or shutil.which("chpasswd") is None,
+    reason="a system account needs root, useradd and chpasswd (CI runs as root)",
+)
+def test_system_account_logs_in_with_its_shadow_password(home: Path) -> None:
+    # not under tmp_path: pytest's directory is root-only, the user must enter its home
+    top = Path(tempfile.mkdtemp(prefix="pyqmail-sysuser-"))
+    top.chmod(0o755)
+    uhome = top / "home"
+    subprocess.run(["userdel", SYSTEM_USER], capture_output=True, check=False)
+    subprocess.run(["useradd", "-m", "-d", str(uhome), SYSTEM_USER], check=True)
+    try:
+        # chpasswd hashes with the system's default method (yescrypt on Debian)
+        subprocess.run(["chpasswd"], input=f"{SYSTEM_USER}:s3cret pw\n".encode(), check=True)
+        pw = pwd.getpwnam(SYSTEM_USER)
+        res = checkpassword(home, f"{SYSTEM_USER}\0s3cret pw\0<1.2@h>\0".encode(), *SHOW)
+        assert res.returncode == 0, res.stderr
+        want = f"{SYSTEM_USER}|{uhome}|{pw.pw_shell}|{uhome}|{pw.pw_uid}"
+        assert res.stdout.decode().strip() == want
+        bad = checkpassword(home, f"{SYSTEM_USER}\0s3cret\0<1.2@h>\0".encode(), *SHOW)
+        assert bad.returncode == 1
+        subprocess.run(["usermod", "-L", SYSTEM_USER], check=True)  # a locked account
+        locked = checkpassword(home, f"{SYSTEM_USER}\0s3cret pw\0<1.2@h>\0".encode(), *SHOW)
+        assert locked.returncode == 1
+    finally:
+        subprocess.run(["userdel", "-r", SYSTEM_USER], capture_output=True, check=False)
+        shutil.rmtree(top, ignore_errors=True)
+
+
+def test_a_password_without_a_user_is_temporary_trouble(home: Path) -> None:
+    # users/password and users/cdb disagree: an operator's mistake, not a bad login
+    pwfile.set_password(str(home), "ghost", "boo")
+    res = checkpassword(home, b"ghost\0boo\0\0", *SHOW)
+    assert res.returncode == 111
+    assert b"no =ghost line" in res.stderr
+    assert checkpassword(home, b"ghost\0wrong\0\0", *SHOW).returncode == 1

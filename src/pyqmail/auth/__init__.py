@@ -16,8 +16,12 @@ qmail-popup and the SMTP AUTH helper call):
 - The home comes from QMAILHOME (default /var/qmail); there are no options.
 
 Who can log in: virtual users with a line in HOME/users/password (set with
-``pyqmail passwd USER``, password on stdin) and an ``=USER`` line in
-users/assign (made by ``pyqmail adduser``), whose home is
-HOME/mailboxes/USER; and, when running as root, system accounts from
-getpwnam with their /etc/shadow hash checked through libcrypt's crypt(3).
+``pyqmail passwd USER``, password on stdin) and an ``=USER`` entry in
+users/cdb or users/assign (made by ``pyqmail adduser``), whose home is
+HOME/mailboxes/USER and whose uid is that entry's; and, when running as
+root, system accounts from getpwnam with their /etc/shadow hash checked
+through libcrypt's crypt(3) (yescrypt, SHA-crypt...). A system account with
+uid 0 never logs in. Python API: ``pyqmail.auth.accounts.authenticate(home,
+user, password) -> Account | None`` (TempAuthError for trouble) and
+``pyqmail.auth.pwfile.{set_password, verify}``.
 """

@@ -22,8 +22,10 @@ from dataclasses import dataclass
 from typing import cast
 
 from pyqmail.auth import pwfile
-from pyqmail.formats.assign import parse_assign
+from pyqmail.config import Home
 from pyqmail.formats.control import ControlError
+from pyqmail.formats.userscdb import UsersCdbError
+from pyqmail.local.users import AssignCache
 
 SHADOW = "/etc/shadow"
 MAX_SHADOW_BYTES = 4 << 20
@@ -45,16 +47,15 @@ class Account:
 
 
 def _assign_entry(home: str, name: str) -> Account:
-    path = os.path.join(home, "users", "assign")
+    """The ``=NAME`` entry, from users/cdb when it exists, as lspawn sees it."""
     try:
-        with open(path, encoding="utf-8", errors="surrogateescape") as fh:
-            assign = parse_assign(fh.read(1 << 26), path=path)
-    except (OSError, ControlError) as exc:
-        raise TempAuthError(f"cannot read {path}: {exc}") from None
-    entry = assign.exact.get(name)
-    if entry is None:
-        raise TempAuthError(f"{name} has a password but no ={name} line in {path}")
-    return Account(name, entry.uid, entry.gid, entry.home, VIRTUAL_SHELL, (entry.gid,))
+        users = AssignCache(Home(home)).get()
+        hit = users.lookup(name) if users is not None else None
+    except (OSError, ControlError, UsersCdbError) as exc:
+        raise TempAuthError(f"cannot read the users of {home}: {exc}") from None
+    if hit is None or hit.user != name or hit.dash or hit.ext:
+        raise TempAuthError(f"{name} has a password but no ={name} line in users/assign")
+    return Account(name, hit.uid, hit.gid, hit.home, VIRTUAL_SHELL, (hit.gid,))
 
 
 def _shadow_hash(name: str) -> str:

@@ -12,7 +12,7 @@ from pyqmail.formats.assign import parse_assign
 from pyqmail.formats.control import ControlError
 from pyqmail.layout import queue_ok
 
-UNIMPLEMENTED_LISTENERS = ("pop3",)
+UNIMPLEMENTED_LISTENERS: tuple[str, ...] = ()
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -127,6 +127,7 @@ def cmd_start(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
     qmtp = [] if args.qmtp == "off" else [parse_listen(v, 209) for v in args.qmtp.split(",")]
+    pop3 = [] if args.pop3 == "off" else [parse_listen(v, 110) for v in args.pop3.split(",")]
     qmqp = [] if args.qmqp == "off" else [parse_listen(v, 628) for v in args.qmqp.split(",")]
     submission = (
         []
@@ -140,6 +141,7 @@ def cmd_start(args: argparse.Namespace) -> int:
         qmqp=[s for s in qmqp if s is not None],
         mini=args.mini,
         submission=[s for s in submission if s is not None],
+        pop3=[p for p in pop3 if p is not None],
     )
     if args.rules:
         supervisor.smtpd_args += ["--rules", os.path.abspath(args.rules)]
@@ -176,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rules", help="tcprules file for SMTP and submission (control/tcprules.smtp)")
     p.add_argument("--qmtp", default="127.0.0.1:2209")
     p.add_argument("--qmqp", default="127.0.0.1:2628")
-    p.add_argument("--pop3", default="off")
+    p.add_argument("--pop3", default="127.0.0.1:2110")
     p.add_argument(
         "--mini", action="store_true", help="no queue: hand every message to control/qmqpservers"
     )

@@ -90,11 +90,13 @@ class Supervisor:
         qmqp: list[tuple[str, int]] | None = None,
         mini: bool = False,
         submission: list[tuple[str, int]] | None = None,
+        pop3: list[tuple[str, int]] | None = None,
     ) -> None:
         self.home = home
         self.smtp = smtp
         self.qmtp = qmtp or []
         self.qmqp = qmqp or []
+        self.pop3 = pop3 or []
         self.mini = mini  # no queue here: the queue writer's socket forwards over QMQP
         self.submission = submission or []
         self.smtpd_args: list[str] = []  # e.g. --rules FILE
@@ -118,6 +120,19 @@ class Supervisor:
                 )
         if self.mini and not QmqpcConfig.load(self.home).servers:
             raise SystemExit(f"pyqmail start --mini: {self.home.control('qmqpservers')} is empty")
+        if self.pop3:
+            import ssl
+
+            from pyqmail.config import Pop3Config
+            from pyqmail.pop3d.tlsconf import load_context
+
+            cfg = Pop3Config.load(self.home)
+            if os.path.exists(cfg.servercert):
+                try:
+                    load_context(cfg)
+                except (OSError, ssl.SSLError) as exc:
+                    problem = f"{cfg.servercert}:0: unusable: {exc}"
+                    raise SystemExit(f"pyqmail start: {problem}") from None
 
     def lock(self) -> int:
         fd = os.open(self.home.q("lock", "sendmutex"), os.O_RDWR | os.O_CREAT, 0o600)
@@ -176,6 +191,8 @@ class Supervisor:
             self.components.append(
                 Component("smtpd", [*base, "pyqmail.smtpd", *home, *fd_args, *self.smtpd_args], fds)
             )
+        if self.pop3:
+            self.add_listener("pop3d", self.pop3, ["pyqmail.pop3d"])
 
     def add_listener(self, name: str, addrs: list[tuple[str, int]], module: list[str]) -> None:
         socks = [bind_tcp(h, p) for h, p in addrs]
@@ -225,7 +242,9 @@ class Supervisor:
     def stop(self) -> None:
         self.stopping = True
         # the listeners first, so nothing new arrives while the queue drains
-        order = sorted(self.components, key=lambda c: c.name not in ("smtpd", "qmtpd", "qmqpd"))
+        order = sorted(
+            self.components, key=lambda c: c.name not in ("smtpd", "qmtpd", "qmqpd", "pop3d")
+        )
         for comp in order:
             if comp.proc is not None and comp.proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):

@@ -37,9 +37,11 @@ COMPONENT_USER: dict[str, str | None] = {
     "qmqpd": "qmaild",
     "lspawn": None,
     "lookup": None,  # sees what lspawn sees: homes, users/password, shadow
+    "pop3d": None,  # forks each session: its network half becomes qmaild, its
+    # guard checks the password and becomes the mailbox owner
 }
 # what faces the network gets hard resource limits
-NETWORK_FACING = frozenset({"smtpd", "qmtpd", "qmqpd", "rspawn"})
+NETWORK_FACING = frozenset({"smtpd", "qmtpd", "qmqpd", "rspawn", "pop3d"})
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,3 @@
+from pyqmail.pop3d.listener import main
+
+raise SystemExit(main())
