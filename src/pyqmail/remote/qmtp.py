@@ -29,7 +29,14 @@ from pyqmail.formats.control import domain_keys
 from pyqmail.formats.netstring import NetstringError
 from pyqmail.proto.qmtp.client import ResponseReader, qmtp_package
 from pyqmail.remote.deliver import Remote, RemoteJob
-from pyqmail.remote.route import RouteError, Target, addresses, literal_ip, smtproute
+from pyqmail.remote.route import (
+    RouteError,
+    Target,
+    addresses,
+    literal_ip,
+    route_relay,
+    smtproute,
+)
 
 QMTP_PORT = 209
 SERVER_TEXT_LIMIT = 5000
@@ -49,16 +56,7 @@ def qmtproute(domain: str, cfg: QmtpConfig) -> tuple[str, int] | None:
             continue
         if not value:
             return None  # an empty relay: no QMTP route for this domain
-        relay, port = value, QMTP_PORT
-        if value.startswith("["):
-            relay, _, rest = value[1:].partition("]")
-            if rest.startswith(":") and rest[1:].isdigit():
-                port = int(rest[1:])
-        elif ":" in value:
-            host, _, p = value.rpartition(":")
-            if p.isdigit():
-                relay, port = host, int(p)
-        return relay, port
+        return route_relay(value, QMTP_PORT)
     return None
 
 

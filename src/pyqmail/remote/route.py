@@ -54,6 +54,20 @@ class Target:
     pref: int | None = None  # MX preference; None for smtproutes and literals
 
 
+def route_relay(value: str, default_port: int) -> tuple[str, int]:
+    """A route's ``relay``, ``relay:port`` or ``[relay]:port`` (smtproutes, qmtproutes)."""
+    relay, port = value, default_port
+    if value.startswith("["):
+        relay, _, rest = value[1:].partition("]")
+        if rest.startswith(":") and rest[1:].isdigit():
+            port = int(rest[1:])
+    elif ":" in value:
+        host, _, p = value.rpartition(":")
+        if p.isdigit():
+            relay, port = host, int(p)
+    return relay, port
+
+
 def smtproute(domain: str, cfg: RemoteConfig) -> tuple[str, int] | None:
     """(relay, port) from control/smtproutes; None means use MX as usual."""
     for key in [*domain_keys(domain), ""]:
@@ -61,17 +75,7 @@ def smtproute(domain: str, cfg: RemoteConfig) -> tuple[str, int] | None:
             value = cfg.smtproutes[key]
             if not value:
                 return None
-            relay, port = value, SMTP_PORT
-            if value.startswith("["):
-                end = value.find("]")
-                relay, rest = value[1:end], value[end + 1 :]
-                if rest.startswith(":") and rest[1:].isdigit():
-                    port = int(rest[1:])
-            elif ":" in value:
-                host, _, p = value.rpartition(":")
-                if p.isdigit():
-                    relay, port = host, int(p)
-            return relay, port
+            return route_relay(value, SMTP_PORT)
     return None
 
 
