@@ -16,6 +16,7 @@ import sys
 from pyqmail.config import Home
 from pyqmail.formats import envelope as env_fmt
 from pyqmail.ipc.queue_proto import submit_sync
+from pyqmail.unix.readall import TooLarge, read_all
 
 EXIT_PERM, EXIT_TEMP = 100, 111
 MAX_MESSAGE_BYTES = 1 << 31
@@ -50,14 +51,10 @@ def read_message() -> bytes:
     except OSError as exc:
         if exc.errno != errno.ESPIPE:
             raise Fatal(EXIT_TEMP, f"unable to rewind message: {exc.strerror}") from exc
-    parts: list[bytes] = []
-    total = 0
-    while chunk := os.read(0, 1 << 16):
-        total += len(chunk)
-        if total > MAX_MESSAGE_BYTES:
-            raise Fatal(EXIT_TEMP, "message too large")
-        parts.append(chunk)
-    return b"".join(parts)
+    try:
+        return read_all(0, MAX_MESSAGE_BYTES)
+    except TooLarge as exc:
+        raise Fatal(EXIT_TEMP, "message too large") from exc
 
 
 def run_child(argv: list[str]) -> int:

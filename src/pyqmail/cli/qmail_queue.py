@@ -7,26 +7,12 @@ Exit codes: qmail-queue's (qmail-protocols §1.1).
 
 from __future__ import annotations
 
-import os
-
 from pyqmail.config import Home
 from pyqmail.formats import envelope as env_fmt
 from pyqmail.ipc.queue_proto import submit_sync
+from pyqmail.unix.readall import read_all
 
 MAX_READ = 1 << 31
-
-
-def _read_fd(fd: int) -> bytes:
-    parts: list[bytes] = []
-    total = 0
-    while True:
-        chunk = os.read(fd, 1 << 16)
-        if not chunk:
-            return b"".join(parts)
-        total += len(chunk)
-        if total > MAX_READ:
-            raise OSError("message too large")
-        parts.append(chunk)
 
 
 def exit_code(status: str, text: str) -> int:
@@ -49,8 +35,8 @@ def exit_code(status: str, text: str) -> int:
 
 def main() -> int:
     try:
-        message = _read_fd(0)
-        wire = _read_fd(1)
+        message = read_all(0, MAX_READ)
+        wire = read_all(1, MAX_READ)
     except OSError:
         return 54
     try:

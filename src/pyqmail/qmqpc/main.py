@@ -13,35 +13,22 @@ from __future__ import annotations
 
 import asyncio
 import io
-import os
 import sys
 
 from pyqmail.config import Home, QmqpcConfig
 from pyqmail.formats import envelope as env_fmt
 from pyqmail.formats.control import ControlError
 from pyqmail.qmqpc.client import send_qmqp
+from pyqmail.unix.readall import read_all
 
 MAX_MESSAGE_BYTES = 1 << 31  # qmail-qmqpc holds the message in memory too
 MAX_ENVELOPE_BYTES = 64 << 20
 
 
-def read_fd(fd: int, limit: int) -> bytes:
-    parts: list[bytes] = []
-    total = 0
-    while True:
-        chunk = os.read(fd, 1 << 16)
-        if not chunk:
-            return b"".join(parts)
-        total += len(chunk)
-        if total > limit:
-            raise OSError(f"more than {limit} bytes on fd {fd}")
-        parts.append(chunk)
-
-
 def main() -> int:
     try:
-        message = read_fd(0, MAX_MESSAGE_BYTES)
-        wire = read_fd(1, MAX_ENVELOPE_BYTES)
+        message = read_all(0, MAX_MESSAGE_BYTES)
+        wire = read_all(1, MAX_ENVELOPE_BYTES)
     except OSError:
         return 54
     try:
