@@ -11,16 +11,9 @@ from pathlib import Path
 import pytest
 
 from pyqmail.controlfiles import CONTROL_FILES, check_text
-from tests.harness import BIN, environ_with_home, init_home, pyqmail, write_control
+from tests.harness import BIN, environ_with_home, pyqmail, write_control
 
 README = Path(__file__).resolve().parents[2] / "README.md"
-
-
-@pytest.fixture
-def home(tmp_path: Path) -> Path:
-    h = tmp_path / "qmail"
-    init_home(h)
-    return h
 
 
 def run(home: Path, *argv: str) -> subprocess.CompletedProcess[bytes]:

@@ -20,7 +20,6 @@ from tests.harness import (
     BIN,
     RunningMta,
     environ_with_home,
-    init_home,
     mta_with_sink,
     pyqmail,
     running_mta,
@@ -30,12 +29,10 @@ from tests.harness import (
 
 
 @pytest.fixture
-def home(tmp_path: Path) -> Path:
-    h = tmp_path / "qmail"
-    init_home(h)
+def home(home: Path) -> Path:
     for user in ("alice", "bob"):
-        assert pyqmail("adduser", user, "--home", str(h)).returncode == 0
-    return h
+        assert pyqmail("adduser", user, "--home", str(home)).returncode == 0
+    return home
 
 
 def user_env(home: Path, **extra: str) -> dict[str, str]:

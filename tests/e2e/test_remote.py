@@ -11,7 +11,6 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
 import trustme
 
 from pyqmail.remote.tcpto import TcpTo
@@ -19,7 +18,6 @@ from tests.dnsmasq import Zone, running_dnsmasq
 from tests.harness import (
     BIN,
     environ_with_home,
-    init_home,
     mta_with_sink,
     running_mta,
     running_sink,
@@ -28,13 +26,6 @@ from tests.harness import (
 )
 
 BODY = b"Subject: remote e2e\r\n\r\nhello\r\n"
-
-
-@pytest.fixture
-def home(tmp_path: Path) -> Path:
-    h = tmp_path / "qmail"
-    init_home(h)
-    return h
 
 
 def test_bulk_mail_reuses_connections_and_batches_recipients(home: Path) -> None:

@@ -14,14 +14,11 @@ import subprocess
 import time
 from pathlib import Path
 
-import pytest
-
 from pyqmail.config import Home
 from pyqmail.formats.qsbmf import Failure
 from tests.harness import (
     BIN,
     RunningMta,
-    init_home,
     mime_parts,
     mta_with_sink,
     pyqmail,
@@ -33,13 +30,6 @@ from tests.harness import (
 from tests.queuefill import write_preprocessed, write_todo
 
 BODY = b"Subject: send test\r\nMessage-ID: <s@test>\r\n\r\nhello\r\n"
-
-
-@pytest.fixture
-def home(tmp_path: Path) -> Path:
-    h = tmp_path / "qmail"
-    init_home(h)
-    return h
 
 
 def _send(mta: RunningMta, sender: str, rcpts: list[str], body: bytes = BODY) -> None:

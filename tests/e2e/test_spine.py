@@ -16,7 +16,6 @@ import pytest
 from tests.harness import (
     BIN,
     environ_with_home,
-    init_home,
     mta_with_sink,
     pyqmail,
     running_mta,
@@ -25,13 +24,6 @@ from tests.harness import (
 )
 
 BODY = b"Subject: spine\r\nMessage-ID: <1@test>\r\n\r\nline one\r\n.leading dot\r\n\r\nlast\r\n"
-
-
-@pytest.fixture
-def home(tmp_path: Path) -> Path:
-    h = tmp_path / "qmail"
-    init_home(h)
-    return h
 
 
 def test_smtplib_to_local_maildir_byte_for_byte(home: Path) -> None:
