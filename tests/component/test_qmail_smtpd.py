@@ -9,11 +9,13 @@ from __future__ import annotations
 import contextlib
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import pytest
 
-from tests.harness import BIN, environ_with_home, init_home, write_control
+from tests.harness import BIN, environ_with_home, write_control
 
 # A qmail-queue stand-in: keeps fd 0 and fd 1 as files, exits with $QQ_EXIT.
 QQ = """#!/bin/sh
@@ -30,11 +32,9 @@ DIALOG = (
 
 
 @pytest.fixture
-def home(tmp_path: Path) -> Path:
-    h = tmp_path / "qmail"
-    init_home(h)
-    write_control(h, "rcptcheck", "0\n")  # no rcptcheck service without the MTA
-    return h
+def home(home: Path) -> Path:
+    write_control(home, "rcptcheck", "0\n")  # no rcptcheck service without the MTA
+    return home
 
 
 def run_smtpd(home: Path, data: bytes, **env: str) -> tuple[int, list[bytes]]:
@@ -108,30 +108,11 @@ def test_line_length_and_recipient_limits_from_control_files(home: Path) -> None
     assert code == 0
 
 
-def test_idle_timeout_is_451(home: Path) -> None:
-    write_control(home, "timeoutsmtpd", "1\n")
-    proc = subprocess.Popen(
-        [str(BIN / "qmail-smtpd")],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        env=environ_with_home(home),
-    )
-    assert proc.stdout is not None
-    try:
-        assert proc.stdout.readline().startswith(b"220")
-        assert proc.stdout.readline() == b"451 timeout (#4.4.2)\r\n"  # stdin open, silent
-        assert proc.wait(30) == 1
-    finally:
-        proc.kill()
-        proc.wait(10)
-        for pipe in (proc.stdin, proc.stdout):
-            with contextlib.suppress(BrokenPipeError):
-                if pipe is not None:
-                    pipe.close()
-
-
-def test_session_time_limit_is_421(home: Path) -> None:
-    write_control(home, "timeoutsmtpdsession", "2\n")
+@contextlib.contextmanager
+def interactive_smtpd(
+    home: Path,
+) -> Iterator[tuple[subprocess.Popen[bytes], IO[bytes], IO[bytes]]]:
+    """qmail-smtpd on pipes the test talks through; killed and its pipes closed after."""
     proc = subprocess.Popen(
         [str(BIN / "qmail-smtpd")],
         stdin=subprocess.PIPE,
@@ -141,17 +122,7 @@ def test_session_time_limit_is_421(home: Path) -> None:
     assert proc.stdin is not None
     assert proc.stdout is not None
     try:
-        assert proc.stdout.readline().startswith(b"220")
-        # a client that keeps the session busy, never idle: only the total limit stops it
-        for _ in range(200):
-            with contextlib.suppress(BrokenPipeError):  # it may hang up before reading
-                proc.stdin.write(b"NOOP\r\n")
-                proc.stdin.flush()
-            line = proc.stdout.readline()
-            if not line.startswith(b"250"):
-                break
-            time.sleep(0.05)  # pacing, well inside the idle timeout
-        assert line.startswith(b"421 session time limit")
+        yield proc, proc.stdin, proc.stdout
     finally:
         proc.kill()
         proc.wait(10)
@@ -159,3 +130,27 @@ def test_session_time_limit_is_421(home: Path) -> None:
             with contextlib.suppress(BrokenPipeError):
                 if pipe is not None:
                     pipe.close()
+
+
+def test_idle_timeout_is_451(home: Path) -> None:
+    write_control(home, "timeoutsmtpd", "1\n")
+    with interactive_smtpd(home) as (proc, _, stdout):
+        assert stdout.readline().startswith(b"220")
+        assert stdout.readline() == b"451 timeout (#4.4.2)\r\n"  # stdin open, silent
+        assert proc.wait(30) == 1
+
+
+def test_session_time_limit_is_421(home: Path) -> None:
+    write_control(home, "timeoutsmtpdsession", "2\n")
+    with interactive_smtpd(home) as (_, stdin, stdout):
+        assert stdout.readline().startswith(b"220")
+        # a client that keeps the session busy, never idle: only the total limit stops it
+        for _ in range(200):
+            with contextlib.suppress(BrokenPipeError):  # it may hang up before reading
+                stdin.write(b"NOOP\r\n")
+                stdin.flush()
+            line = stdout.readline()
+            if not line.startswith(b"250"):
+                break
+            time.sleep(0.05)  # pacing, well inside the idle timeout
+        assert line.startswith(b"421 session time limit")
