@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import pytest
@@ -12,26 +11,9 @@ from pyqmail.formats.control import ControlError
 from pyqmail.formats.envelope import Envelope
 from pyqmail.formats.qsbmf import Failure
 from pyqmail.send.bounce import build_bounce
+from tests.sendconfig import send_config
 
 FAIL = [Failure(b"x@example.net", b"Sorry. (#5.1.1)\n")]
-
-
-def _cfg(**over: object) -> SendConfig:
-    base = SendConfig(
-        me="mx.example.net",
-        locals=frozenset({"mx.example.net"}),
-        percenthack=frozenset(),
-        virtualdomains={},
-        envnoathost="mx.example.net",
-        bouncefrom="MAILER-DAEMON",
-        bouncehost="mx.example.net",
-        doublebounceto="postmaster",
-        doublebouncehost="mx.example.net",
-        concurrencylocal=10,
-        concurrencyremote=20,
-        queuelifetime=604800,
-    )
-    return dataclasses.replace(base, **over)  # type: ignore[arg-type]
 
 
 def _build(cfg: SendConfig, sender: bytes) -> tuple[bytes, Envelope] | None:
@@ -41,7 +23,7 @@ def _build(cfg: SendConfig, sender: bytes) -> tuple[bytes, Envelope] | None:
 
 
 def test_single_bounce_goes_from_null_to_the_sender_verp_stripped() -> None:
-    got = _build(_cfg(), b"list-@lists.example-@[]")
+    got = _build(send_config(), b"list-@lists.example-@[]")
     assert got is not None
     text, env = got
     assert env == Envelope(b"", (b"list-@lists.example",))
@@ -50,7 +32,7 @@ def test_single_bounce_goes_from_null_to_the_sender_verp_stripped() -> None:
 
 
 def test_double_bounce_goes_from_hash_to_doublebounceto() -> None:
-    got = _build(_cfg(doublebounceto="ops", doublebouncehost="example.org"), b"")
+    got = _build(send_config(doublebounceto="ops", doublebouncehost="example.org"), b"")
     assert got is not None
     text, env = got
     assert env == Envelope(b"#@[]", (b"ops@example.org",))
@@ -58,18 +40,18 @@ def test_double_bounce_goes_from_hash_to_doublebounceto() -> None:
 
 
 def test_triple_bounce_is_dropped() -> None:
-    assert _build(_cfg(), b"#@[]") is None
+    assert _build(send_config(), b"#@[]") is None
 
 
 def test_doublebounceto_at_sign_drops_double_bounces_only() -> None:
-    cfg = _cfg(doublebounceto="@")
+    cfg = send_config(doublebounceto="@")
     assert _build(cfg, b"") is None
     assert _build(cfg, b"a@example.org") is not None
 
 
 def test_bounceformat_dsn_switches_the_format() -> None:
-    qsbmf = _build(_cfg(), b"a@example.org")
-    dsn = _build(_cfg(bounceformat="dsn"), b"a@example.org")
+    qsbmf = _build(send_config(), b"a@example.org")
+    dsn = _build(send_config(bounceformat="dsn"), b"a@example.org")
     assert qsbmf is not None
     assert dsn is not None
     assert b"multipart/report" not in qsbmf[0]

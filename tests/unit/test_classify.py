@@ -6,32 +6,17 @@ qmail-protocols §4 (retry schedule).
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pyqmail.config import SendConfig
 from pyqmail.send.classify import classify, next_retry, strip_virtual
+from tests.sendconfig import send_config
 
 
 def _cfg(**over: object) -> SendConfig:
-    base = SendConfig(
-        me="mx.example.net",
-        locals=frozenset({"mx.example.net", "localhost"}),
-        percenthack=frozenset(),
-        virtualdomains={},
-        envnoathost="mx.example.net",
-        bouncefrom="MAILER-DAEMON",
-        bouncehost="mx.example.net",
-        doublebounceto="postmaster",
-        doublebouncehost="mx.example.net",
-        concurrencylocal=10,
-        concurrencyremote=20,
-        queuelifetime=604800,
-    )
-    return dataclasses.replace(base, **over)  # type: ignore[arg-type]
+    return send_config(**{"locals": frozenset({"mx.example.net", "localhost"}), **over})
 
 
 def test_envnoathost_is_appended_to_bare_recipients() -> None:
