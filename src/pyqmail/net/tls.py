@@ -14,20 +14,10 @@ from __future__ import annotations
 
 import os
 import ssl
-from typing import Protocol
 
-READ_BYTES = 65536
+from pyqmail.net.streams import READ_BYTES, Reader, Writer
+
 MAX_TLS_WRITE = 16384  # one TLS record's worth of plaintext per write() call
-
-
-class Reader(Protocol):
-    async def read(self, n: int) -> bytes: ...
-
-
-class Writer(Protocol):
-    def write(self, data: bytes) -> None: ...
-    async def drain(self) -> None: ...
-    def close(self) -> None: ...
 
 
 class TlsError(Exception):

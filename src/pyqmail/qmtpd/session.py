@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import Protocol
 
+from pyqmail.net.streams import READ_BYTES, Reader, Writer
 from pyqmail.proto.qmtp.events import (
     NEED_DATA,
     ConnectionClosed,
@@ -24,19 +24,8 @@ from pyqmail.proto.qmtp.events import (
 from pyqmail.proto.qmtp.server import QMQPServer, QMTPServer
 from pyqmail.qmtpd.policy import PackagePolicy
 
-READ_BYTES = 65536
 MAX_MESSAGE_BYTES = 1 << 31  # the queue writer refuses larger messages
 CONNECTION_S = 3600  # qmail-qmtpd's alarm: a connection lasts at most an hour (§7.2)
-
-
-class Reader(Protocol):
-    async def read(self, n: int) -> bytes: ...
-
-
-class Writer(Protocol):
-    def write(self, data: bytes) -> None: ...
-    async def drain(self) -> None: ...
-    def close(self) -> None: ...
 
 
 async def serve_packages(

@@ -13,27 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Protocol
 
+from pyqmail.net.streams import READ_BYTES, Reader, Writer
 from pyqmail.net.tls import TlsError, TlsStream
 from pyqmail.proto.smtp import replies
 from pyqmail.proto.smtp import server as eng
 from pyqmail.proto.smtp.replies import Reply
 from pyqmail.smtpd.policy import SmtpPolicy
 from pyqmail.unix.logfmt import clean, log
-
-READ_BYTES = 65536
-
-
-class Reader(Protocol):
-    async def read(self, n: int) -> bytes: ...
-
-
-class Writer(Protocol):
-    def write(self, data: bytes) -> None: ...
-    async def drain(self) -> None: ...
-    def close(self) -> None: ...
-
 
 SESSION_TOO_LONG = Reply(421, "session time limit exceeded, closing connection (#4.4.2)")
 
