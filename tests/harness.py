@@ -7,6 +7,7 @@ import contextlib
 import email.message
 import os
 import re
+import shutil
 import signal
 import ssl
 import subprocess
@@ -17,6 +18,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 BIN = Path(sys.executable).parent
 
@@ -356,3 +359,16 @@ def mime_parts(msg: email.message.Message) -> list[email.message.Message]:
     parts = [p for p in payload if isinstance(p, email.message.Message)]
     assert len(parts) == len(payload)
     return parts
+
+
+def swaks(port: int, *args: str) -> subprocess.CompletedProcess[str]:
+    """swaks against 127.0.0.1:port; skips the test where swaks is not installed."""
+    if shutil.which("swaks") is None:
+        pytest.skip("swaks not installed (make test installs it when root)")
+    return subprocess.run(
+        ["swaks", "--server", "127.0.0.1", "--port", str(port), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )

@@ -6,7 +6,6 @@ import email
 import mailbox
 import os
 import re
-import shutil
 import smtplib
 import subprocess
 from pathlib import Path
@@ -19,6 +18,7 @@ from tests.harness import (
     mta_with_sink,
     pyqmail,
     running_mta,
+    swaks,
     wait_until,
     write_control,
 )
@@ -47,29 +47,11 @@ def test_smtplib_to_local_maildir_byte_for_byte(home: Path) -> None:
 
 
 def test_swaks_to_local_maildir(home: Path) -> None:
-    if shutil.which("swaks") is None:
-        pytest.skip("swaks not installed (make test installs it when root)")
     with running_mta(home) as mta:
-        res = subprocess.run(
-            [
-                "swaks",
-                "--server",
-                "127.0.0.1",
-                "--port",
-                str(mta.smtp_port),
-                "--from",
-                "s@example.org",
-                "--to",
-                "postmaster@localhost",
-                "--header",
-                "Subject: swaks",
-                "--body",
-                "from swaks",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
+        res = swaks(
+            mta.smtp_port,
+            *["--from", "s@example.org", "--to", "postmaster@localhost"],
+            *["--header", "Subject: swaks", "--body", "from swaks"],
         )
         assert res.returncode == 0, res.stdout + res.stderr
         files = mta.wait_for_maildir("postmaster")
