@@ -167,7 +167,7 @@ def test_qmqp_qmqpc_fails_over_to_the_second_server(
         client, "qmqpservers", f"127.0.0.1:{dead_port}\n127.0.0.1:{server.port('qmqp')}\n"
     )
     env = format_wire(Envelope(b"a@example.org", (b"postmaster@b.example",)))
-    code = run_qmqpc(client, BODY_CR, env)
+    code = run_qq(client, BODY_CR, env)
     assert code == 0
     (raw,) = delivered(server)
     assert body_of(raw) == BODY_CR
@@ -181,29 +181,30 @@ def test_qmqpc_exit_codes(server: RunningMta, tmp_path: Path, dead_port: int) ->
     (client / "control").mkdir(parents=True)
     env = format_wire(Envelope(b"a@example.org", (b"postmaster@b.example",)))
     write_control(client, "qmqpservers", f"127.0.0.1:{dead_port}\n")
-    assert run_qmqpc(client, BODY, env) == 73
+    assert run_qq(client, BODY, env) == 73
     write_control(client, "qmqpservers", "")
-    assert run_qmqpc(client, BODY, env) == 55
+    assert run_qq(client, BODY, env) == 55
     write_control(client, "qmqpservers", "not-an-ip\n")
-    assert run_qmqpc(client, BODY, env) == 55
+    assert run_qq(client, BODY, env) == 55
     write_control(client, "qmqpservers", f"127.0.0.1:{server.port('qmqp')}\n")
-    assert run_qmqpc(client, BODY, b"Xbad\0\0") == 91
+    assert run_qq(client, BODY, b"Xbad\0\0") == 91
     long_rcpt = format_wire(Envelope(b"a@example.org", (b"x" * 2000 + b"@b.example",)))
-    assert run_qmqpc(client, BODY, long_rcpt) == 11  # refused before any connection
+    assert run_qq(client, BODY, long_rcpt) == 11  # refused before any connection
     # a recipient with a NUL cannot pass the envelope, so ask for D another way:
     write_control(server.home, "databytes", "10\n")
     server.stop()
     with running_mta(server.home, "--qmqp", "127.0.0.1:0") as again:
         write_control(client, "qmqpservers", f"127.0.0.1:{again.port('qmqp')}\n")
-        assert run_qmqpc(client, BODY, env) == 31
+        assert run_qq(client, BODY, env) == 31
 
 
-def run_qmqpc(home: Path, message: bytes, envelope: bytes) -> int:
-    """qmail-qmqpc with the message on fd 0 and the envelope readable on fd 1."""
+def run_qq(home: Path, message: bytes, envelope: bytes, program: str = "qmail-qmqpc") -> int:
+    """A qmail-queue program (qmail-qmqpc by default) with the message on fd 0
+    and the envelope readable on fd 1."""
     msg_fd, env_fd = read_end(message), read_end(envelope)
     try:
         proc = subprocess.run(
-            [str(BIN / "qmail-qmqpc")],
+            [str(BIN / program)],
             stdin=msg_fd,
             stdout=env_fd,
             env=environ_with_home(home),
@@ -257,19 +258,8 @@ def test_mini_node_hands_everything_to_the_queue_server(
             refused = c.sendmail("a@example.org", ["postmaster@b.example"], wire)
         assert refused == {}
         env = format_wire(Envelope(b"b@example.org", (b"postmaster@b.example",)))
-        env_fd = read_end(env)
-        try:
-            proc = subprocess.run(
-                [str(BIN / "qmail-queue")],
-                input=b"Subject: via qmail-queue\n\nhi\n",
-                stdout=env_fd,
-                env=environ_with_home(home),
-                timeout=60,
-                check=False,
-            )
-        finally:
-            os.close(env_fd)
-        assert proc.returncode == 0
+        message = b"Subject: via qmail-queue\n\nhi\n"
+        assert run_qq(home, message, env, program="qmail-queue") == 0
         raws = delivered(server, 2)
         # the mini node has no queue of its own: nothing was ever written there
         assert mini.queue_empty()
@@ -424,11 +414,11 @@ def test_qmqpc_moves_on_after_a_z(server: RunningMta, tmp_path: Path, dead_port:
     env = format_wire(Envelope(b"a@example.org", (b"postmaster@b.example",)))
     with z_server() as zport:
         write_control(client, "qmqpservers", f"127.0.0.1:{zport}\n127.0.0.1:{dead_port}\n")
-        assert run_qmqpc(client, BODY, env) == 71
+        assert run_qq(client, BODY, env) == 71
         write_control(
             client, "qmqpservers", f"127.0.0.1:{zport}\n127.0.0.1:{server.port('qmqp')}\n"
         )
-        assert run_qmqpc(client, BODY, env) == 0
+        assert run_qq(client, BODY, env) == 0
     (raw,) = delivered(server)
     assert body_of(raw) == BODY
 
