@@ -19,6 +19,7 @@ from collections.abc import MutableMapping
 from typing import BinaryIO
 
 from pyqmail.config import Home
+from pyqmail.formats.address import split_at_last_at
 from pyqmail.inject import main as inject
 from pyqmail.inject.sgetopt import GetOpt
 
@@ -67,12 +68,10 @@ def _sender_env(env: MutableMapping[bytes, bytes], sender: bytes) -> None:
     """netqmail's -f: the From line follows the envelope sender."""
     for name in (b"QMAILNAME", b"MAILNAME", b"NAME", b"QMAILHOST", b"MAILHOST"):
         env.pop(name, None)
-    at = sender.rfind(b"@")
-    if at < 0:
-        env[b"QMAILUSER"] = sender
-        return
-    env[b"QMAILHOST"] = sender[at + 1 :]
-    env[b"QMAILUSER"] = sender[:at]
+    user, host = split_at_last_at(sender)
+    env[b"QMAILUSER"] = user
+    if host is not None:
+        env[b"QMAILHOST"] = host
 
 
 def run(

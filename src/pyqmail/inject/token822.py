@@ -13,6 +13,8 @@ import enum
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from pyqmail.formats.address import split_at_last_at
+
 LINE_LEN = 80  # qmail-inject's LINELEN: fold rewritten address lists here
 
 
@@ -334,7 +336,7 @@ def quote2(addr: bytes) -> bytes:
     """An envelope address as RFC 822 text: the local part quoted when it must be."""
     if not addr:
         return addr
-    at = addr.rfind(b"@")
-    if at < 0:
+    local, domain = split_at_last_at(addr)
+    if domain is None:
         return quote(addr)
-    return quote(addr[:at]) + addr[at:]
+    return quote(local) + b"@" + domain

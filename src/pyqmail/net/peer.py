@@ -11,6 +11,7 @@ import ipaddress
 from dataclasses import dataclass
 
 from pyqmail.formats import tcprules
+from pyqmail.formats.address import split_at_last_at
 from pyqmail.formats.control import domain_keys
 from pyqmail.formats.dates import date822
 
@@ -89,8 +90,8 @@ def relay_allowed(client: Client, rcpthosts: frozenset[str] | None, rcpt: bytes)
     """RELAYCLIENT set, no rcpthosts file, or the domain is listed (qmail-files §2.2)."""
     if client.relayclient is not None or rcpthosts is None:
         return True
-    at = rcpt.rfind(b"@")
-    if at < 0:
+    _, dom = split_at_last_at(rcpt)
+    if dom is None:
         return True  # qmail-send adds envnoathost
-    domain = rcpt[at + 1 :].decode("utf-8", "surrogateescape").lower()
+    domain = dom.decode("utf-8", "surrogateescape").lower()
     return any(k in rcpthosts for k in domain_keys(domain))
