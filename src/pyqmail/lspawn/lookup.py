@@ -40,7 +40,6 @@ from pyqmail.unix import accounts
 from pyqmail.unix.entry import component_main
 from pyqmail.unix.logfmt import log
 
-REQUEST_TIMEOUT_S = 10.0
 NO_MAILBOX = b"Dsorry, no mailbox here by that name (#5.1.1)"
 
 

@@ -74,10 +74,6 @@ def said(reply: ServerReply) -> bytes:
     return b"Remote host said: " + text + b"\n"
 
 
-def _status(reply: ServerReply) -> bytes:
-    return b"D" if reply.kind == 5 else b"Z"
-
-
 @dataclass(eq=False)
 class Session:
     reader: asyncio.StreamReader
