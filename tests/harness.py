@@ -372,3 +372,15 @@ def swaks(port: int, *args: str) -> subprocess.CompletedProcess[str]:
         timeout=60,
         check=False,
     )
+
+
+def run_tool(home: Path, *argv: str) -> subprocess.CompletedProcess[str]:
+    """One of the installed programs (argv[0], from BIN) run on home, output captured."""
+    return subprocess.run(
+        [str(BIN / argv[0]), *argv[1:]],
+        capture_output=True,
+        text=True,
+        env=environ_with_home(home),
+        timeout=30,
+        check=False,
+    )

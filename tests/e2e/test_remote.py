@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import smtplib
 import ssl
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -16,9 +15,8 @@ import trustme
 from pyqmail.remote.tcpto import TcpTo
 from tests.dnsmasq import Zone, running_dnsmasq
 from tests.harness import (
-    BIN,
-    environ_with_home,
     mta_with_sink,
+    run_tool,
     running_mta,
     running_sink,
     wait_until,
@@ -119,24 +117,13 @@ def test_verified_starttls_to_a_required_domain(home: Path, tmp_path: Path) -> N
     assert sink.messages[0].tls
 
 
-def _tool(home: Path, name: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(BIN / name)],
-        capture_output=True,
-        text=True,
-        env=environ_with_home(home),
-        timeout=30,
-        check=False,
-    )
-
-
 def test_qmail_tcpto_and_qmail_tcpok(home: Path) -> None:
     table = TcpTo(str(home / "queue" / "lock" / "tcpto"))
     now = time.time()
     table.record("192.0.2.1", timed_out=True, now=now - 400)
     table.record("192.0.2.1", timed_out=True, now=now - 100)
     table.record("2001:db8::1", timed_out=True, now=now - 10)
-    shown = _tool(home, "qmail-tcpto")
+    shown = run_tool(home, "qmail-tcpto")
     assert shown.returncode == 0
     lines = shown.stdout.splitlines()
     assert len(lines) == 2
@@ -144,9 +131,9 @@ def test_qmail_tcpto_and_qmail_tcpok(home: Path) -> None:
     assert lines[0].endswith("seconds ago; # recent timeouts: 2")
     assert lines[1].startswith("2001:db8::1 timed out ")
     assert table.dead("192.0.2.1")
-    assert _tool(home, "qmail-tcpok").returncode == 0
+    assert run_tool(home, "qmail-tcpok").returncode == 0
     assert not table.dead("192.0.2.1")
-    assert _tool(home, "qmail-tcpto").stdout == ""
+    assert run_tool(home, "qmail-tcpto").stdout == ""
 
 
 def test_remotebatch_limits_recipients_per_transaction(home: Path) -> None:

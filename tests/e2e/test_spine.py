@@ -17,6 +17,7 @@ from tests.harness import (
     environ_with_home,
     mta_with_sink,
     pyqmail,
+    run_tool,
     running_mta,
     swaks,
     wait_until,
@@ -141,18 +142,6 @@ def test_qmail_queue_program_injects(home: Path) -> None:
     assert raw.endswith(b"Subject: via qmail-queue\n\nhello\n")
 
 
-def _tool(home: Path, name: str) -> str:
-    """Run one of the installed queue tools on home; its standard output."""
-    return subprocess.run(
-        [str(BIN / name)],
-        capture_output=True,
-        text=True,
-        env=environ_with_home(home),
-        timeout=30,
-        check=True,
-    ).stdout
-
-
 def _run_qmail_queue(home: Path, message: bytes, envelope: bytes) -> int:
     """Run qmail-queue with the message on fd 0 and the envelope on fd 1."""
     mr, mw = os.pipe()
@@ -253,7 +242,10 @@ def test_qread_and_qstat_show_a_deferred_message(home: Path) -> None:
             c.sendmail("a@example.org", ["defer-1@example.net", "ok@example.net"], BODY)
         wait_until(lambda: "deferral:" in mta.log(), 20, "a deferral")
         wait_until(lambda: len(sink.messages) == 1, 20, "the accepted copy")
-        qread, qstat = (_tool(home, name) for name in ("qmail-qread", "qmail-qstat"))
+        qread_run, qstat_run = run_tool(home, "qmail-qread"), run_tool(home, "qmail-qstat")
+    assert qread_run.returncode == 0, qread_run.stderr
+    assert qstat_run.returncode == 0, qstat_run.stderr
+    qread, qstat = qread_run.stdout, qstat_run.stdout
     head, *rcpts = qread.splitlines()
     assert re.fullmatch(r"\d\d \w{3} \d{4} \d\d:\d\d:\d\d GMT  #\d+  \d+  <a@example.org>", head)
     assert rcpts == ["\tremote\tdefer-1@example.net", "  done\tremote\tok@example.net"]
