@@ -22,14 +22,12 @@ import pytest
 from pyqmail.clean.main import MAX_AGE_S
 from pyqmail.config import Home
 from pyqmail.ipc.frames import FrameBuffer, pack
-from tests.harness import init_home, wait_until
+from tests.harness import wait_until
 
 
 @pytest.fixture
-def home(tmp_path: Path) -> Home:
-    root = tmp_path / "qmail"
-    init_home(root)
-    return Home(str(root))
+def home(home: Path) -> Home:
+    return Home(str(home))
 
 
 @contextmanager
