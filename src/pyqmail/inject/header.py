@@ -68,18 +68,7 @@ KNOWN_FIELDS = (
     "notice-requested-upon-delivery-to",
     "mail-followup-to",
 )
-_RESENT_MARKERS = frozenset(
-    {
-        "resent-sender",
-        "resent-from",
-        "resent-reply-to",
-        "resent-to",
-        "resent-cc",
-        "resent-bcc",
-        "resent-date",
-        "resent-message-id",
-    }
-)
+_RESENT_MARKERS = frozenset(f for f in KNOWN_FIELDS if f.startswith("resent-"))
 _SENDER_LIKE = frozenset(
     {
         "sender",
