@@ -5,7 +5,9 @@ routed to the sink by control/smtproutes; local mail goes to postmaster's
 Maildir. Postfix: a private instance (own config, queue and data
 directories, ``postfix -c DIR start``) with Debian's defaults (fsync on)
 except what a loopback benchmark needs: relayhost = the sink, a virtual(8)
-Maildir for the local workload, no chroot. The fan-out message is injected
+Maildir for the local workload, no chroot, and the per-client connection
+limit raised (as pyqmail's maxconnections/maxconnectionsperip) since every
+benchmark client is 127.0.0.1. The fan-out message is injected
 with each MTA's local submission program (Postfix's sendmail, pyqmail's
 qmail-queue), as both smtpds stop at 1,000 recipients a transaction.
 """
@@ -31,6 +33,7 @@ POSTFIX = "/usr/sbin/postfix"
 SENDMAIL = "/usr/sbin/sendmail"
 REMOTE_DOMAIN = "example.net"
 VMAIL_UID = 65534
+IDLE_CLIENT_LIMIT = 1000  # per-client connection limits, raised alike in both
 
 
 def free_port() -> int:
@@ -126,6 +129,9 @@ class Pyqmail(Mta):
         ctl = self.home / "control"
         (ctl / "resolvers").write_text("127.0.0.1:9\n")
         (ctl / "smtproutes").write_text(f"{REMOTE_DOMAIN}:127.0.0.1:{sink_port}\n")
+        # every bench client is 127.0.0.1: (d) holds 500 connections from it
+        (ctl / "maxconnections").write_text(f"{IDLE_CLIENT_LIMIT}\n")
+        (ctl / "maxconnectionsperip").write_text(f"{IDLE_CLIENT_LIMIT}\n")
 
     def local_rcpt(self) -> str:
         return "postmaster@localhost"
@@ -231,6 +237,8 @@ class Postfix(Mta):
             "virtual_gid_maps": f"static:{VMAIL_UID}",
             "maillog_file": f"{t}/maillog",
             "maillog_file_prefixes": f"{t}",
+            # every bench client is 127.0.0.1: (d) holds 500 connections from it
+            "smtpd_client_connection_count_limit": f"{IDLE_CLIENT_LIMIT}",
         }
         (self.etc / "main.cf").write_text("".join(f"{k} = {v}\n" for k, v in main_cf.items()))
         c = ["postconf", "-c", str(self.etc)]
