@@ -143,10 +143,11 @@ class Pyqmail(Mta):
         log = self.tmp / "log"
         with open(log, "wb") as fh:
             self.proc = subprocess.Popen(
-                # SMTP only, like the Postfix instance: QMTP/QMQP listeners off
+                # SMTP only, like the Postfix instance: the other listeners off
                 [
                     *(str(BIN / "pyqmail"), "start", "--home", str(self.home)),
-                    *("--smtp", "127.0.0.1:0", "--qmtp", "off", "--qmqp", "off"),
+                    *("--smtp", "127.0.0.1:0", "--submission", "off"),
+                    *("--qmtp", "off", "--qmqp", "off", "--pop3", "off"),
                 ],
                 stdout=fh,
                 stderr=fh,
