@@ -31,8 +31,10 @@ lint: venv
 test: venv deps lint
 	$(BIN)/python -bb -m pytest -q -p no:cacheprovider
 
+# pyqmail and Postfix side by side (Postfix only when root); BENCH_ARGS=--quick for a minute
 bench: venv
-	$(BIN)/python bench/smtp_accept.py
+	$(BIN)/python -c 'import uvloop' 2>/dev/null || $(BIN)/python -m pip install -q -e '.[fast]'
+	$(BIN)/python bench/compare.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache

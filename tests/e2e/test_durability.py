@@ -1,12 +1,14 @@
 """Nothing acknowledged is lost, nothing is delivered twice (DESIGN §1a, §3).
 
-200 messages at concurrency 10; the queue writer and send are each killed
-with SIGKILL midway and restarted by the supervisor. Every message that got
+200 messages at concurrency 10; the queue writer, send, lspawn and one of
+lspawn's delivery workers are each killed with SIGKILL midway; the
+supervisor restarts the components, lspawn forks a new worker. Every message that got
 250 must be in the Maildir exactly once; no message may appear twice.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -19,6 +21,17 @@ from tests.harness import init_home, running_mta, wait_until
 
 TOTAL = 200
 CONCURRENCY = 10
+
+
+def kill_a_worker(lspawn_pid: int) -> None:
+    """SIGKILL one of lspawn's delivery workers, if one is alive right now."""
+    try:
+        children = Path(f"/proc/{lspawn_pid}/task/{lspawn_pid}/children").read_text().split()
+    except OSError:
+        return
+    if children:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(children[0]), signal.SIGKILL)
 
 
 def test_kill_writer_and_send_midway_loses_nothing(tmp_path: Path) -> None:
@@ -40,8 +53,12 @@ def test_kill_writer_and_send_midway_loses_nothing(tmp_path: Path) -> None:
                     return
                 if n == TOTAL // 3:
                     os.kill(mta.component_pid("queue"), signal.SIGKILL)
+                if n == TOTAL // 2:
+                    os.kill(mta.component_pid("lspawn"), signal.SIGKILL)
                 if n == 2 * TOTAL // 3:
                     os.kill(mta.component_pid("send"), signal.SIGKILL)
+                if n == 5 * TOTAL // 6:
+                    kill_a_worker(mta.component_pid("lspawn"))
                 body = f"Subject: durable {n}\r\nX-Token: tok{n}\r\n\r\nmessage {n}\r\n"
                 try:
                     with smtplib.SMTP("127.0.0.1", mta.smtp_port, timeout=30) as c:
@@ -61,6 +78,7 @@ def test_kill_writer_and_send_midway_loses_nothing(tmp_path: Path) -> None:
         log = mta.log()
         assert len(re.findall(r"alert: queue pid \d+ exited", log)) == 1
         assert len(re.findall(r"alert: send pid \d+ exited", log)) == 1
+        assert len(re.findall(r"alert: lspawn pid \d+ exited", log)) == 1
         files = mta.maildir_files("postmaster")
     tokens = Counter[int]()
     for f in files:

@@ -26,17 +26,19 @@ seen in one place or the next.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import errno
 import os
+import selectors
+import signal
 import socket
+import threading
 import time
 
 from pyqmail.config import SPLIT, Home
 from pyqmail.formats import netstring
 from pyqmail.ipc.frames import FrameBuffer, pack
-from pyqmail.ipc.listen import peer_allowed, send_uids, unix_listener, wait_for_stop
+from pyqmail.ipc.listen import peer_allowed, send_uids, unix_listener
 from pyqmail.unix import durable
 from pyqmail.unix.logfmt import log
 
@@ -44,6 +46,7 @@ MAX_AGE_S = 36 * 3600  # qmail's age for abandoned pid/ files and messages
 SWEEP_EVERY = 30  # requests between pid/ sweeps
 MESS_SWEEP_INTERVAL_S = 76431  # qmail-send's "about once a day"
 MAX_REQUEST = 200
+REPLY_TIMEOUT_S = 30.0
 
 
 def _exists(path: str) -> bool:
@@ -62,7 +65,24 @@ class Cleaner:
         self.home = home
         self.count = 0
 
-    def handle(self, cmd: bytes) -> bytes:
+    def handle_batch(self, cmds: list[bytes]) -> list[bytes]:
+        """Results in order. One fsync of todo/ covers every todo/N removed here."""
+        results: list[bytes] = []
+        removed_todo: list[int] = []
+        for cmd in cmds:
+            results.append(self._one(cmd))
+            if cmd.startswith(b"todo/") and results[-1] == b"+":
+                removed_todo.append(len(results) - 1)
+        if removed_todo:
+            try:
+                durable.fsync_dir(self.home.q("todo"))
+            except OSError as exc:
+                log(f"warning: unable to sync todo/: {exc}")
+                for i in removed_todo:
+                    results[i] = b"!"
+        return results
+
+    def _one(self, cmd: bytes) -> bytes:
         if not 7 <= len(cmd) <= 100:
             return b"x"
         kind, _, digits = cmd.partition(b"/")
@@ -76,7 +96,6 @@ class Cleaner:
             durable.unlink_quiet(self.home.q("intd", str(msg_id)))
             if kind == b"todo":
                 durable.unlink_quiet(self.home.q("todo", str(msg_id)))
-                durable.fsync_dir(self.home.q("todo"))
             else:
                 durable.unlink_quiet(self.home.split_path("mess", msg_id))
         except OSError as exc:
@@ -137,61 +156,100 @@ class Cleaner:
         log(f"info: removed abandoned message {name}: no intd, todo or info")
         return True
 
-    async def sweep_mess_forever(self) -> None:
+    def sweep_mess_forever(self, stop: threading.Event) -> None:
         while True:
-            await asyncio.to_thread(self.sweep_mess)
-            await asyncio.sleep(MESS_SWEEP_INTERVAL_S)
+            self.sweep_mess()
+            if stop.wait(MESS_SWEEP_INTERVAL_S):
+                return
 
-    async def client(self, conn: socket.socket) -> None:
-        """Serve one send: every request read is carried out, replies while it listens."""
-        loop = asyncio.get_running_loop()
-        frames = FrameBuffer(MAX_REQUEST)
-        replying = True
+
+class Server:
+    """Single-threaded, no event loop (an asyncio process costs ~9 MB more);
+    the daily mess sweep runs in a thread of its own.
+
+    Every request read is carried out even when send stops listening.
+    Requests that arrive together share one fsync of todo/.
+    """
+
+    def __init__(self, home: Home) -> None:
+        self.cleaner = Cleaner(home)
+        path = home.socket("clean")
+        self.allowed = send_uids(path)
+        self.listener = unix_listener(path)
+        self.sel = selectors.DefaultSelector()
+        self.clients: dict[socket.socket, FrameBuffer] = {}
+        self.deaf: set[socket.socket] = set()  # clients no longer listening
+        self.stopping = False
+
+    def serve(self) -> None:
+        stop = threading.Event()
+        sweeper = threading.Thread(
+            target=self.cleaner.sweep_mess_forever, args=(stop,), daemon=True
+        )
+        sweeper.start()
+        self.sel.register(self.listener, selectors.EVENT_READ)
         try:
-            while True:
-                data = await loop.sock_recv(conn, 65536)
-                if not data:
-                    break
-                for cmd in frames.feed(data):
-                    reply = self.handle(cmd)
-                    if not replying:
-                        continue
-                    try:
-                        await loop.sock_sendall(conn, pack(cmd, reply))
-                    except OSError as exc:
-                        replying = False  # send is gone: finish what it asked anyway
-                        log(f"warning: send stopped listening ({exc}); finishing its requests")
-        except (OSError, netstring.NetstringError) as exc:
-            log(f"warning: dropped a client: {exc}")
+            while not self.stopping:
+                for key, _ in self.sel.select(timeout=1.0):
+                    sock = key.fileobj
+                    assert isinstance(sock, socket.socket)
+                    if sock is self.listener:
+                        self._accept()
+                    else:
+                        self._read(sock)
         finally:
+            stop.set()
+            for conn in list(self.clients):
+                self._drop(conn)
+            self.listener.close()
+
+    def _accept(self) -> None:
+        conn, _ = self.listener.accept()
+        if not peer_allowed(conn, self.allowed):
             conn.close()
+            return
+        conn.settimeout(REPLY_TIMEOUT_S)
+        self.clients[conn] = FrameBuffer(MAX_REQUEST)
+        self.sel.register(conn, selectors.EVENT_READ)
+
+    def _drop(self, conn: socket.socket) -> None:
+        self.sel.unregister(conn)
+        del self.clients[conn]
+        self.deaf.discard(conn)
+        conn.close()
+
+    def _read(self, conn: socket.socket) -> None:
+        try:
+            data = conn.recv(65536)
+        except OSError:
+            data = b""
+        if not data:
+            self._drop(conn)
+            return
+        try:
+            cmds = self.clients[conn].feed(data)
+        except netstring.NetstringError as exc:
+            log(f"warning: dropped a client: {exc}")
+            self._drop(conn)
+            return
+        results = self.cleaner.handle_batch(cmds)
+        if conn in self.deaf or not cmds:
+            return
+        try:
+            conn.sendall(b"".join(pack(c, r) for c, r in zip(cmds, results, strict=True)))
+        except TimeoutError:
+            self._drop(conn)  # alive but stuck: it asks again for what it lost
+        except OSError as exc:
+            self.deaf.add(conn)  # send is gone: finish what it asked anyway
+            log(f"warning: send stopped listening ({exc}); finishing its requests")
 
 
-async def serve(home: Home) -> None:
-    cleaner = Cleaner(home)
-    path = home.socket("clean")
-    allowed = send_uids(path)
-    listener = unix_listener(path)
-    listener.setblocking(False)
-    loop = asyncio.get_running_loop()
-    tasks: set[asyncio.Task[None]] = set()
+def serve(home: Home) -> None:
+    server = Server(home)
 
-    async def accept_forever() -> None:
-        while True:
-            conn, _ = await loop.sock_accept(listener)
-            if not peer_allowed(conn, allowed):
-                conn.close()
-                continue
-            conn.setblocking(False)
-            task = loop.create_task(cleaner.client(conn))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
+    def on_term(_sig: int, _frame: object) -> None:
+        server.stopping = True
 
-    for coro in (accept_forever(), cleaner.sweep_mess_forever()):
-        task = loop.create_task(coro)
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
-    await wait_for_stop()
-    for task in list(tasks):
-        task.cancel()
-    listener.close()
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    server.serve()

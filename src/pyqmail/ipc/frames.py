@@ -6,10 +6,13 @@ every frame is bounded by ``limit`` before it is allocated.
 
 from __future__ import annotations
 
-import asyncio
 import socket
+from typing import TYPE_CHECKING
 
 from pyqmail.formats import netstring
+
+if TYPE_CHECKING:  # asyncio costs a process ~9 MB; lspawn and clean never load it
+    import asyncio
 
 MAX_FRAME_BYTES = 1 << 20
 READ_BYTES = 65536
@@ -39,6 +42,8 @@ class FrameBuffer:
 
 async def read_frame(reader: asyncio.StreamReader, limit: int = MAX_FRAME_BYTES) -> bytes | None:
     """One netstring payload from a stream; None at a clean EOF between frames."""
+    import asyncio
+
     try:
         head = await reader.readuntil(b":")
     except asyncio.IncompleteReadError as exc:

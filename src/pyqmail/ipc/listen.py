@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import socket
 import stat
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from pyqmail.ipc.frames import peer_uid_pid
 from pyqmail.unix import accounts, durable
+
+if TYPE_CHECKING:  # imported where used: lspawn and clean run without an event loop
+    import asyncio
 
 
 def unix_listener(path: str, mode: int = 0o600, backlog: int = 16) -> socket.socket:
@@ -45,6 +48,7 @@ def peer_allowed(sock: socket.socket, allowed: frozenset[int]) -> bool:
 
 async def wait_for_stop() -> None:
     """Return on SIGTERM or SIGINT: every component stops the same way."""
+    import asyncio
     import signal
 
     stop = asyncio.Event()
@@ -58,6 +62,8 @@ async def serve_unix_until_stopped(
     path: str, handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 ) -> None:
     """Serve a helper's Unix socket to send alone, until SIGTERM/SIGINT."""
+    import asyncio
+
     allowed = send_uids(path)
 
     async def guarded(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -17,15 +17,18 @@ say K, stays with it.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from pyqmail.formats import envelope as env_fmt
 from pyqmail.formats import netstring
 from pyqmail.ipc.frames import MAX_FRAME_BYTES, read_frame
+
+if TYPE_CHECKING:  # imported where used: lspawn's workers never load asyncio
+    import asyncio
 
 MAGIC = b"QMQ1"
 CHUNK_LIMIT = 1 << 20
@@ -67,6 +70,8 @@ class AsyncSubmission:
 
     @classmethod
     async def open(cls, path: str, origin: bytes) -> AsyncSubmission:
+        import asyncio
+
         reader, writer = await asyncio.open_unix_connection(path)
         writer.write(netstring.encode(MAGIC + b"\0" + origin))
         return cls(reader, writer)
@@ -78,6 +83,8 @@ class AsyncSubmission:
             await self._writer.drain()
 
     async def finish(self, envelope_wire: bytes) -> QueueResult:
+        import asyncio
+
         try:
             self._writer.write(b"0:," + netstring.encode(envelope_wire))
             await self._writer.drain()
@@ -225,6 +232,8 @@ async def answer(writer: asyncio.StreamWriter, receive: Awaitable[bytes]) -> Non
     Any failure to read the client, or the client's silence for a day,
     becomes a Z; QueueFailure carries its own reply.
     """
+    import asyncio
+
     try:
         async with asyncio.timeout(CLIENT_TIMEOUT_S):
             reply = await receive

@@ -1,54 +1,77 @@
-"""qmail-lspawn: fork one local delivery per request, as the recipient.
+"""qmail-lspawn: run each local delivery as the recipient, in reusable workers.
 
 Runs as: root when started as root (only to become each recipient); the
          invoking user in embedded mode.
 Reads:   delivery requests from send on its Unix socket; users/cdb (or users/assign);
-         control/defaultdelivery.
-Writes:  nothing itself; each forked child delivers as the recipient.
+         control/defaultdelivery, control/concurrencylocal.
+Writes:  nothing itself; its workers deliver as the recipient.
 Trusts:  send's requests are parsed strictly (6 fields, bounded sizes);
-         the message path must name a file under queue/mess.
+         the message path must name a file under queue/mess. Its workers
+         only for the reports of the jobs it gave them.
 
-Single-threaded, no event loop: it forks from a clean state and reaps its
-children with os.waitpid. Two requests for the same (message, recipient)
-key never run at once: the second waits for the first child's result, so
-a retry after send restarts cannot race the attempt still running.
+Single-threaded, no event loop. Deliveries run in workers forked from this
+clean, preloaded process (see workers.py): one identity per worker (the
+recipient's uid when root, ours in embedded mode), at most
+concurrencylocal of them, idle ones retired after a while. Two requests for
+the same (message, recipient) key never run at once: the second waits for
+the first's result, so a retry after send restarts cannot race the attempt
+still running.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
+import gc
 import os
 import re
 import selectors
 import signal
 import socket
-import traceback
+import time
+from collections import deque
 from dataclasses import dataclass, field
 
-from pyqmail.config import Home, read_control
+from pyqmail.config import Home, SendConfig, read_control
 from pyqmail.formats import control, netstring
 from pyqmail.formats.address import split_at_last_at
 from pyqmail.ipc.frames import FrameBuffer, pack
 from pyqmail.ipc.listen import peer_allowed, send_uids, unix_listener
-from pyqmail.local.deliver import EXIT_TEMP, LocalJob, deliver
 from pyqmail.local.users import AssignCache, resolve
+from pyqmail.lspawn.workers import (
+    MAX_RECORD,
+    REPORT_LIMIT,
+    Request,
+    decode_result,
+    encode_request,
+    fork_worker,
+)
 from pyqmail.unix.logfmt import log
-from pyqmail.unix.privs import drop_privileges
 
-REPORT_LIMIT = 3000
 MESSPATH_RE = re.compile(rb"\A[0-9]{1,3}/[0-9]{1,20}\Z")
 KEY_RE = re.compile(rb"\A[0-9]{1,20}\.Q[0-9]{1,20}R[0-9a-f]{8}\Z")
 MAX_ADDRESS = 1000
+IDLE_RETIRE_S = 60.0
+
+Identity = tuple[int, int]
 
 
 @dataclass(slots=True)
-class Child:
-    pid: int
-    pipe: int
-    output: bytearray = field(default_factory=bytearray)
+class Task:
+    """One delivery and everyone waiting for its result."""
+
+    key: bytes
+    request: Request
+    identity: Identity
     waiters: list[tuple[socket.socket, bytes]] = field(default_factory=list)
-    key: bytes = b""
+
+
+@dataclass(slots=True)
+class Worker:
+    pid: int
+    sock: socket.socket
+    identity: Identity
+    task: Task | None = None
+    idle_since: float = 0.0
 
 
 def exit_to_report(code: int | None, output: bytes) -> bytes:
@@ -72,18 +95,23 @@ class Spawner:
         self.listener = unix_listener(home.socket("lspawn"))
         self.allowed = send_uids(home.socket("lspawn"))
         self.conns: dict[socket.socket, FrameBuffer] = {}
-        self.children: dict[int, Child] = {}  # by pipe fd
-        self.running: dict[bytes, Child] = {}
+        self.workers: dict[int, Worker] = {}  # by socket fd
+        self.running: dict[bytes, Task] = {}
+        self.pending: deque[Task] = deque()
         self.assign = AssignCache(home)
         self.stopping = False
+        self.max_workers = max(1, SendConfig.load(home).concurrencylocal)
 
     def aliasempty(self) -> str:
         text = read_control(self.home, "defaultdelivery")
         return control.parse_line(text, None) or "./Maildir/"
 
+    def busy(self) -> bool:
+        return bool(self.running)
+
     def serve(self) -> None:
         self.sel.register(self.listener, selectors.EVENT_READ, "listen")
-        while not (self.stopping and not self.children):
+        while not (self.stopping and not self.busy()):
             for key, _ in self.sel.select(timeout=1.0):
                 if key.data == "listen":
                     conn, _ = self.listener.accept()
@@ -96,7 +124,11 @@ class Spawner:
                 elif key.data == "conn":
                     self._read_conn(key.fileobj)  # type: ignore[arg-type]
                 else:
-                    self._read_child(key.fd)
+                    self._read_worker(key.fd)
+            if self.pending:
+                self._start_pending()
+            self._retire_idle(time.monotonic() - IDLE_RETIRE_S)
+        self._retire_idle(float("inf"))
 
     def _drop_conn(self, conn: socket.socket) -> None:
         self.sel.unregister(conn)
@@ -144,9 +176,12 @@ class Spawner:
         if running is not None:
             running.waiters.append((conn, job_id))
             return
-        self._spawn(conn, job_id, messpath, sender, rcpt, key, retry == b"1")
+        task = self._task(conn, job_id, messpath, sender, rcpt, key, retry == b"1")
+        if task is not None:
+            self.running[task.key] = task
+            self._start(task)
 
-    def _spawn(
+    def _task(
         self,
         conn: socket.socket,
         job_id: bytes,
@@ -155,76 +190,139 @@ class Spawner:
         rcpt: bytes,
         key: bytes,
         retry: bool,
-    ) -> None:
+    ) -> Task | None:
         local_b, domain = split_at_last_at(rcpt)
         if domain is None:
             self._reply(conn, job_id, b"DSorry, address must include host name. (#5.1.3)")
-            return
+            return None
         if not local_b:
             self._reply(conn, job_id, b"Kdid 0+0+0\n")  # @domain is the trash address
-            return
+            return None
         local = local_b.decode("utf-8", "surrogateescape")
         try:
             user = resolve(local, self.home, self.assign.get())
         except (OSError, ValueError) as exc:
             self._reply(conn, job_id, f"ZUnable to look up the user: {exc}. (#4.3.0)".encode())
-            return
+            return None
         if user is None:
             self._reply(conn, job_id, b"ZUnable to find alias user! (#4.3.0)")
-            return
-        job = LocalJob(self.home.q("mess", messpath.decode()), sender, rcpt, key.decode(), retry)
-        aliasempty = self.aliasempty()
-        rfd, wfd = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # child: become the recipient, deliver, report on the pipe
-            code = EXIT_TEMP
-            try:
-                os.close(rfd)
-                self.listener.close()
-                for c in self.conns:
-                    c.close()
-                signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                if user.uid != os.geteuid():
-                    fd = os.open(job.message_path, os.O_RDONLY)
-                    job = dataclasses.replace(job, message_fd=fd)
-                    drop_privileges(user.uid, user.gid)
-                code, text = deliver(self.home, job, user, aliasempty)
-                os.write(wfd, text.encode("utf-8", "replace")[: REPORT_LIMIT + 1])
-            except BaseException:
-                with contextlib.suppress(Exception):
-                    os.write(wfd, traceback.format_exc()[-REPORT_LIMIT:].encode())
-            finally:
-                os._exit(code)
-        os.close(wfd)
-        child = Child(pid, rfd, key=key + b"\0" + rcpt)
-        child.waiters.append((conn, job_id))
-        self.children[rfd] = child
-        self.running[child.key] = child
-        self.sel.register(rfd, selectors.EVENT_READ, "child")
+            return None
+        request = Request(
+            messpath.decode(), sender, rcpt, key.decode(), retry, user, self.aliasempty()
+        )
+        if len(encode_request(request)) > MAX_RECORD:
+            self._reply(conn, job_id, b"DSorry, delivery request too long. (#5.1.3)")
+            return None
+        # as root a worker becomes the recipient; otherwise every worker is us
+        identity = (user.uid, user.gid) if os.geteuid() == 0 else (os.geteuid(), os.getegid())
+        return Task(key + b"\0" + rcpt, request, identity, [(conn, job_id)])
 
-    def _read_child(self, fd: int) -> None:
-        child = self.children[fd]
+    # -- workers ---------------------------------------------------------------
+    def _start(self, task: Task) -> None:
+        worker = self._idle_worker(task.identity)
+        if worker is None:
+            self.pending.append(task)
+            return
         try:
-            data = os.read(fd, 4096)
+            # opened here, before the worker's uid could be refused access
+            fd = os.open(self.home.q("mess", task.request.messpath), os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            self._finish(
+                task, f"Zqmail-spawn unable to open message: {exc.strerror}. (#4.3.0)".encode()
+            )
+            return
+        try:
+            socket.send_fds(worker.sock, [encode_request(task.request)], [fd])
+        except OSError:
+            self._worker_gone(worker)  # reaped now; the task waits for the next one
+            self.pending.appendleft(task)  # started again at the end of this loop turn
+            return
+        finally:
+            os.close(fd)
+        worker.task = task
+
+    def _idle_worker(self, identity: Identity) -> Worker | None:
+        idle = [w for w in self.workers.values() if w.task is None]
+        for w in idle:
+            if w.identity == identity:
+                return w
+        if len(self.workers) >= self.max_workers:
+            if not idle:
+                return None
+            self._retire(min(idle, key=lambda w: w.idle_since))
+        close = [self.listener, *self.conns, *(w.sock for w in self.workers.values())]
+        pid, sock = fork_worker(self.home, identity[0], identity[1], close)
+        worker = Worker(pid, sock, identity)
+        self.workers[sock.fileno()] = worker
+        self.sel.register(sock, selectors.EVENT_READ, "worker")
+        return worker
+
+    def _start_pending(self) -> None:
+        for _ in range(len(self.pending)):
+            task = self.pending.popleft()
+            before = len(self.pending)
+            self._start(task)
+            if len(self.pending) > before:
+                return  # no worker free: keep the order, wait for one
+
+    def _retire(self, worker: Worker) -> None:
+        """Close our end: an idle worker exits at that EOF."""
+        del self.workers[worker.sock.fileno()]
+        self.sel.unregister(worker.sock)
+        worker.sock.close()
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(worker.pid, 0)
+
+    def _retire_idle(self, before: float) -> None:
+        for w in list(self.workers.values()):
+            if w.task is None and w.idle_since < before:
+                self._retire(w)
+
+    def _worker_gone(self, worker: Worker) -> int | None:
+        """Forget a worker that closed its end; its exit status, None if killed."""
+        del self.workers[worker.sock.fileno()]
+        self.sel.unregister(worker.sock)
+        worker.sock.close()
+        try:
+            _, status = os.waitpid(worker.pid, 0)
+        except ChildProcessError:
+            return None
+        code = os.waitstatus_to_exitcode(status)
+        return code if code >= 0 else None
+
+    def _read_worker(self, fd: int) -> None:
+        worker = self.workers[fd]
+        try:
+            data = worker.sock.recv(MAX_RECORD)
         except OSError:
             data = b""
+        task, worker.task = worker.task, None
         if data:
-            if len(child.output) <= REPORT_LIMIT:
-                child.output += data
-            return
-        self.sel.unregister(fd)
-        os.close(fd)
-        del self.children[fd]
-        self.running.pop(child.key, None)
-        _, status = os.waitpid(child.pid, 0)
-        code = os.waitstatus_to_exitcode(status)
-        report = exit_to_report(code if code >= 0 else None, bytes(child.output))
-        for conn, job_id in child.waiters:
+            worker.idle_since = time.monotonic()
+            if task is None:
+                log(f"warning: lspawn worker {worker.pid} spoke out of turn; retiring it")
+                self._retire(worker)
+            else:
+                code, text = decode_result(data)
+                self._finish(task, exit_to_report(code, text))
+        else:
+            status = self._worker_gone(worker)
+            if task is not None:
+                log(f"warning: lspawn worker {worker.pid} died with status {status}")
+                self._finish(task, exit_to_report(None, b""))
+        self._start_pending()
+
+    def _finish(self, task: Task, report: bytes) -> None:
+        self.running.pop(task.key, None)
+        for conn, job_id in task.waiters:
             self._reply(conn, job_id, report)
 
 
 def serve(home: Home) -> None:
     spawner = Spawner(home)
+    # the preloaded heap, kept out of the collector, stays shared with the
+    # workers instead of being copied page by page as gc touches it
+    gc.freeze()
 
     def on_term(_sig: int, _frame: object) -> None:
         spawner.stopping = True

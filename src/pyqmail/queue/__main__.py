@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 
 from pyqmail.config import Home
 from pyqmail.queue.writer import serve
+from pyqmail.unix import loop
 from pyqmail.unix.logfmt import set_component
 
 
@@ -16,7 +16,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fd", type=int)
     args = ap.parse_args(argv)
     set_component("queue")
-    asyncio.run(serve(Home.from_env(args.home), args.fd))
+    loop.run(serve(Home.from_env(args.home), args.fd))
     return 0
 
 

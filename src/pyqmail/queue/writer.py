@@ -12,8 +12,9 @@ Theory of operation (qmail-files §6.3, with group commit):
      as it streams in.
   2. The envelope goes to intd/N.
   3. The commit thread takes every message that reached this point, fsyncs
-     their mess and intd files, fsyncs the directories, renames each
-     intd/N to todo/N and fsyncs todo/. Only then is any client answered K.
+     their mess and intd files and the directories (one round), renames
+     each intd/N to todo/N and fsyncs todo/. Only then is any client
+     answered K. Two such batches may be in flight at once.
      The rename is the commit point: a crash before it leaves S2/S3 debris
      that start-up removes; after it, the message is queued.
   4. One byte down lock/trigger wakes send.
@@ -26,6 +27,7 @@ import contextlib
 import os
 import socket
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from pyqmail.config import SPLIT, Home
@@ -37,6 +39,9 @@ from pyqmail.ipc.queue_proto import CHUNK_LIMIT, QueueFailure
 from pyqmail.unix import accounts, durable
 from pyqmail.unix.logfmt import log
 
+COMMITS_IN_FLIGHT = 2
+_CREATOR = ThreadPoolExecutor(max_workers=4, thread_name_prefix="create")
+
 
 @dataclass(slots=True)
 class Pending:
@@ -44,6 +49,29 @@ class Pending:
     mess_fd: int
     intd_fd: int
     done: asyncio.Future[None] = field(repr=False)
+
+
+async def create_off_loop(path: str) -> int:
+    """create_exclusive in a thread: creating a file waits for the journal
+    while a commit runs, and the loop must keep serving other clients.
+
+    If the caller is cancelled meanwhile, the file it will never hear of is
+    closed and removed as soon as it exists.
+    """
+    fut = _CREATOR.submit(durable.create_exclusive, path, 0o640)
+    try:
+        return await asyncio.wrap_future(fut)
+    except asyncio.CancelledError:
+        fut.add_done_callback(lambda f: _undo_create(f, path))
+        raise
+
+
+def _undo_create(fut: Future[int], path: str) -> None:
+    if fut.cancelled() or fut.exception() is not None:
+        return
+    with contextlib.suppress(OSError):
+        os.close(fut.result())
+    durable.unlink_quiet(path)
 
 
 class QueueWriter:
@@ -56,8 +84,7 @@ class QueueWriter:
         self.bounce_uids = self._uids_of("qmails")
         self._next_id = 0
         self._pending: list[Pending] = []
-        self._committing = False
-        self._commit_task: asyncio.Task[None] | None = None
+        self._commits: set[asyncio.Task[None]] = set()  # batches being committed
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -84,12 +111,12 @@ class QueueWriter:
             log(f"warning: removed {removed} half-written message(s) left by a crash")
         self._next_id = max(highest + 1, int(time.time() * 1000))
 
-    def _alloc(self) -> tuple[int, int]:
+    async def _alloc(self) -> tuple[int, int]:
         while True:
             msg_id = max(self._next_id, int(time.time() * 1000))
             self._next_id = msg_id + 1
             try:
-                fd = durable.create_exclusive(self.home.split_path("mess", msg_id), 0o640)
+                fd = await create_off_loop(self.home.split_path("mess", msg_id))
             except FileExistsError:
                 continue
             return msg_id, fd
@@ -120,7 +147,7 @@ class QueueWriter:
 
     async def _receive(self, reader: asyncio.StreamReader, uid: int, pid: int) -> bytes:
         origin = await queue_proto.read_origin(reader)
-        msg_id, mess_fd = self._alloc()
+        msg_id, mess_fd = await self._alloc()
         intd_fd = -1
         committed = False
         try:
@@ -131,17 +158,13 @@ class QueueWriter:
             durable.write_all(mess_fd, received.encode())
             await queue_proto.read_body(reader, lambda chunk: durable.write_all(mess_fd, chunk))
             env = await queue_proto.read_envelope(reader)
-            intd_fd = durable.create_exclusive(self.home.q("intd", str(msg_id)), 0o640)
+            intd_fd = await create_off_loop(self.home.q("intd", str(msg_id)))
             todo = env_fmt.QueuedEnvelope(max(uid, 0), pid, env.sender, env.recipients)
             durable.write_all(intd_fd, env_fmt.format_todo(todo))
             done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._pending.append(Pending(msg_id, mess_fd, intd_fd, done))
             committed = True  # from here the commit thread owns the fds
-            if not self._committing:
-                self._committing = True
-                self._idle.clear()
-                # held, or the loop may collect the task mid-commit
-                self._commit_task = asyncio.get_running_loop().create_task(self._commit_loop())
+            self._start_commits()
             await done
             return b"K%d" % msg_id
         except OSError as exc:
@@ -159,41 +182,55 @@ class QueueWriter:
         durable.unlink_quiet(self.home.split_path("mess", msg_id))
 
     # -- group commit ---------------------------------------------------
-    async def _commit_loop(self) -> None:
+    def _start_commits(self) -> None:
+        # Two batches in flight: while one waits for its second journal
+        # commit (todo/), the next one's data is already being synced. Each
+        # message still gets both, in order, before its client hears K.
         loop = asyncio.get_running_loop()
-        try:
-            while self._pending:
-                batch, self._pending = self._pending, []
-                try:
-                    await loop.run_in_executor(None, self._commit, batch)
-                except OSError as exc:
-                    log(f"warning: commit failed: {exc}")
-                    for p in batch:
-                        self._discard(p.msg_id, -1, -1)
-                        if not p.done.done():
-                            p.done.set_exception(exc)
-                    continue
-                for p in batch:
-                    if not p.done.done():
-                        p.done.set_result(None)
-                self._pull_trigger()
-        finally:
-            self._committing = False
+        while self._pending and len(self._commits) < COMMITS_IN_FLIGHT:
+            batch, self._pending = self._pending, []
+            self._idle.clear()
+            # held in the set, or the loop may collect the task mid-commit
+            task = loop.create_task(self._commit_batch(batch))
+            self._commits.add(task)
+            task.add_done_callback(self._commit_done)
+
+    def _commit_done(self, task: asyncio.Task[None]) -> None:
+        self._commits.discard(task)
+        self._start_commits()
+        if not self._commits:
             self._idle.set()
 
-    def _commit(self, batch: list[Pending]) -> None:
+    async def _commit_batch(self, batch: list[Pending]) -> None:
+        loop = asyncio.get_running_loop()
         try:
-            durable.fsync_fds([fd for p in batch for fd in (p.mess_fd, p.intd_fd)])
+            await loop.run_in_executor(None, self._commit, batch)
+        except OSError as exc:
+            log(f"warning: commit failed: {exc}")
+            for p in batch:
+                self._discard(p.msg_id, -1, -1)
+                if not p.done.done():
+                    p.done.set_exception(exc)
+            return
+        for p in batch:
+            if not p.done.done():
+                p.done.set_result(None)
+        self._pull_trigger()
+
+    def _commit(self, batch: list[Pending]) -> None:
+        # data and names of mess and intd must be durable before todo makes
+        # them live; among themselves they need no order
+        try:
+            durable.fsync_fds_and_dirs(
+                [fd for p in batch for fd in (p.mess_fd, p.intd_fd)],
+                [os.path.dirname(self.home.split_path("mess", p.msg_id)) for p in batch]
+                + [self.home.q("intd")],
+            )
         finally:
             for p in batch:
                 for fd in (p.mess_fd, p.intd_fd):
                     with contextlib.suppress(OSError):
                         os.close(fd)
-        # names of mess and intd must be durable before todo makes them live
-        durable.fsync_dirs(
-            [os.path.dirname(self.home.split_path("mess", p.msg_id)) for p in batch]
-            + [self.home.q("intd")]
-        )
         for p in batch:
             os.rename(self.home.q("intd", str(p.msg_id)), self.home.q("todo", str(p.msg_id)))
         durable.fsync_dir(self.home.q("todo"))

@@ -44,6 +44,7 @@ import signal
 import time
 import zlib
 from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from pyqmail.config import SPLIT, Home, SendConfig
@@ -68,6 +69,24 @@ INFO_RETRY_S = 300.0
 LOAD_CHUNK = 500  # messages loaded per loop turn at start-up
 READY_MIN = 64  # jobs kept ready per channel beyond its concurrency
 CHANNELS = ("local", "remote")
+
+
+# Unlinking waits for the journal while a commit runs, often longer than the
+# rest of a delivery's bookkeeping: a finished channel file is removed by one
+# thread, in the order asked, while the loop goes on. Its records are all
+# marked done already, so a restart that still finds it delivers nothing.
+_UNLINKER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="unlink")
+
+
+def _unlink_logged(path: str) -> None:
+    try:
+        durable.unlink_quiet(path)
+    except OSError as exc:
+        log(f"warning: unable to remove {path}: {exc}")
+
+
+def unlink_later(path: str) -> Future[None]:
+    return _UNLINKER.submit(_unlink_logged, path)
 
 
 @dataclass(slots=True)
@@ -303,11 +322,10 @@ class Sender:
                     batch.append(msg)
             if not batch:
                 return
-            # info and channel files, then their directories, before clean may
-            # remove todo/N (the commit point of preprocessing)
+            # info and channel files and their directories, in one round,
+            # before clean may remove todo/N (the commit point of preprocessing)
             loop = asyncio.get_running_loop()
-            await loop.run_in_executor(None, durable.fsync_fds, fds)
-            await loop.run_in_executor(None, durable.fsync_dirs, dirs)
+            await loop.run_in_executor(None, durable.fsync_fds_and_dirs, fds, dirs)
         finally:
             for fd in fds:
                 os.close(fd)
@@ -593,7 +611,7 @@ class Sender:
         if recs is not None and all(r.done for r in recs):
             path = self.chan_path(msg, chan.kind)
             self.dirty.discard(path)
-            durable.unlink_quiet(path)
+            unlink_later(path)
             msg.chans.remove(chan)
             if not msg.chans:
                 self._finish(msg)

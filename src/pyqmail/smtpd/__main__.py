@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 
 from pyqmail.config import Home
 from pyqmail.smtpd.server import serve
+from pyqmail.unix import loop
 from pyqmail.unix.logfmt import set_component
 
 
@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     set_component("smtpd")
     home = Home.from_env(args.home)
     rcptcheck = not args.no_rcptcheck
-    asyncio.run(serve(home, args.fd, args.submission_fd, args.rules, rcptcheck=rcptcheck))
+    loop.run(serve(home, args.fd, args.submission_fd, args.rules, rcptcheck=rcptcheck))
     return 0
 
 

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 # Concurrent fsyncs on one filesystem share a journal commit: a batch of N
 # files costs about one fsync, not N. Only these helpers use the pool.
-_POOL = ThreadPoolExecutor(max_workers=8, thread_name_prefix="fsync")
+_POOL = ThreadPoolExecutor(max_workers=32, thread_name_prefix="fsync")
 
 
 def write_all(fd: int, data: bytes) -> None:
@@ -39,6 +39,22 @@ def fsync_dirs(paths: Iterable[str]) -> None:
 def fsync_fds(fds: Sequence[int]) -> None:
     """fsync every fd, in parallel; raises the first error."""
     list(_POOL.map(os.fsync, fds))
+
+
+def fsync_fds_and_dirs(fds: Sequence[int], dirs: Iterable[str]) -> None:
+    """fsync files and directories all at once: one journal commit, not two.
+
+    For callers whose only ordering need is "all of these before the next
+    step" (data and the names pointing at it, before a rename publishes them).
+    """
+    list(_POOL.map(_fsync_one, [*fds, *sorted(set(dirs))]))
+
+
+def _fsync_one(target: int | str) -> None:
+    if isinstance(target, int):
+        os.fsync(target)
+    else:
+        fsync_dir(target)
 
 
 def create_exclusive(path: str, mode: int = 0o600) -> int:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 from pyqmail.config import Home
+from pyqmail.unix import loop
 from pyqmail.unix.logfmt import set_component
 
 
@@ -22,5 +22,5 @@ def component_main(
     set_component(name)
     result = serve(Home.from_env(args.home))
     if result is not None:
-        asyncio.run(result)
+        loop.run(result)
     return 0
