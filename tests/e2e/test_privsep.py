@@ -32,6 +32,7 @@ EXPECTED = {
     "send": "qmails",
     "rspawn": "qmailr",
     "smtpd": "qmaild",
+    "log": "qmaill",
 }
 TEST_USER = "pyqtestu"
 

@@ -30,6 +30,7 @@ from pyqmail.unix.logfmt import log
 STOP_TIMEOUT_S = 4.5
 RESTART_MIN_S = 0.2
 RESTART_MAX_S = 10.0
+LOG_DRAIN_S = 0.3
 
 
 @dataclass(slots=True)
@@ -103,6 +104,7 @@ class Supervisor:
         self.components: list[Component] = []
         self.sockets: list[socket.socket] = []
         self.stopping = False
+        self.log_pipe = (-1, -1)  # read end for the logger, write end for everyone else
 
     def check_config(self) -> None:
         problem = queue_ok(self.home)
@@ -145,6 +147,7 @@ class Supervisor:
     def build(self) -> None:
         base = [sys.executable, "-m"]
         home = ["--home", self.home.root]
+        self.log_pipe = os.pipe()
         wsock = bind_unix(self.home.writer_socket)
         self.sockets.append(wsock)
         self.components = [
@@ -171,6 +174,7 @@ class Supervisor:
                 Component("lookup", [*base, "pyqmail.lspawn.lookup", *home]),
             ]
             self.smtpd_args.append("--no-rcptcheck")
+        self.components.insert(0, Component("log", [*base, "pyqmail.start.logger"]))
         for proto, addrs in (("qmtp", self.qmtp), ("qmqp", self.qmqp)):
             if addrs:
                 self.add_listener(f"{proto}d", addrs, ["pyqmail.qmtpd", "--proto", proto])
@@ -210,10 +214,14 @@ class Supervisor:
         # line of its own code, nor reads any input, as root
         ids = accounts.component_ids(comp.name, self.home.queue)
         system = ids is not None
+        log_r, log_w = self.log_pipe
+        is_log = comp.name == "log"
         comp.proc = subprocess.Popen(
             comp.args,
             pass_fds=comp.fds,
-            stdin=subprocess.DEVNULL,
+            stdin=log_r if is_log else subprocess.DEVNULL,
+            stdout=None if is_log else log_w,
+            stderr=None if is_log else log_w,
             user=ids.uid if ids else None,
             group=ids.gid if ids else None,
             extra_groups=[ids.gid] if ids else None,
@@ -243,7 +251,8 @@ class Supervisor:
         self.stopping = True
         # the listeners first, so nothing new arrives while the queue drains
         order = sorted(
-            self.components, key=lambda c: c.name not in ("smtpd", "qmtpd", "qmqpd", "pop3d")
+            (c for c in self.components if c.name != "log"),
+            key=lambda c: c.name not in ("smtpd", "qmtpd", "qmqpd", "pop3d"),
         )
         for comp in order:
             if comp.proc is not None and comp.proc.poll() is None:
@@ -259,7 +268,20 @@ class Supervisor:
                 log(f"warning: {comp.name} did not stop in time; killing it")
                 comp.proc.kill()
                 comp.proc.wait()
+        self.stop_logger()
         log("status: exiting")
+
+    def stop_logger(self) -> None:
+        """Last: close our end of the pipe so the logger drains and sees EOF."""
+        os.close(self.log_pipe[1])
+        for comp in self.components:
+            if comp.name == "log" and comp.proc is not None:
+                try:
+                    # a delivery program may still hold the pipe: don't wait for it
+                    comp.proc.wait(timeout=LOG_DRAIN_S)
+                except subprocess.TimeoutExpired:
+                    comp.proc.kill()
+                    comp.proc.wait()
 
     def run(self) -> int:
         self.check_config()

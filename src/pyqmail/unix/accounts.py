@@ -36,6 +36,7 @@ COMPONENT_USER: dict[str, str | None] = {
     "qmtpd": "qmaild",
     "qmqpd": "qmaild",
     "lspawn": None,
+    "log": "qmaill",
     "lookup": None,  # sees what lspawn sees: homes, users/password, shadow
     "pop3d": None,  # forks each session: its network half becomes qmaild, its
     # guard checks the password and becomes the mailbox owner
