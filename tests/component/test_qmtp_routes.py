@@ -18,7 +18,7 @@ import pytest
 
 from pyqmail.config import QmtpConfig, RemoteConfig
 from pyqmail.remote.qmtp import QMTP_PORT, is_qmtp_preference, qmtp_targets, qmtproute
-from pyqmail.remote.route import Target, make_resolver
+from pyqmail.remote.route import LazyResolver, Target
 
 ZONE = {
     ("b.example", "MX"): ["12801 mx1.b.example.", "10 mx2.b.example.", "12800 mx3.b.example."],
@@ -74,7 +74,7 @@ def remote_cfg(port: int, smtproutes: dict[str, str] | None = None) -> RemoteCon
 
 
 def targets(domain: str, rcfg: RemoteConfig, routes: dict[str, str] | None = None) -> list[Target]:
-    return asyncio.run(qmtp_targets(domain, rcfg, QmtpConfig(routes or {}), make_resolver(rcfg)))
+    return asyncio.run(qmtp_targets(domain, rcfg, QmtpConfig(routes or {}), LazyResolver(rcfg)))
 
 
 @pytest.mark.parametrize(

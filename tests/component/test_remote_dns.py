@@ -15,7 +15,7 @@ import trustme
 from pyqmail.config import RemoteConfig
 from pyqmail.formats.control import parse_networks
 from pyqmail.formats.tlspolicy import parse_tlsdestinations
-from pyqmail.remote.route import AMBIGUOUS_MX, RouteError, Target, make_resolver, targets
+from pyqmail.remote.route import AMBIGUOUS_MX, LazyResolver, RouteError, Target, targets
 from tests.component.test_remote_smtp import deliver
 from tests.dnsmasq import DnsServer, Zone, running_dnsmasq
 from tests.harness import running_sink
@@ -69,7 +69,7 @@ def cfg_for(server: DnsServer | None, **changes: object) -> RemoteConfig:
 
 def resolve(cfg: RemoteConfig, domain: str, is_me: object = None) -> list[Target]:
     async def go() -> list[Target]:
-        res = make_resolver(cfg)
+        res = LazyResolver(cfg)
         if is_me is None:
             return await targets(domain, cfg, res)
         return await targets(domain, cfg, res, is_me)  # type: ignore[arg-type]

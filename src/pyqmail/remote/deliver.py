@@ -28,7 +28,7 @@ from pyqmail.formats.tlspolicy import TlsLevel, TlsPolicy, policy_for
 from pyqmail.proto.smtp.client import dot_stuff
 from pyqmail.remote.ipme import IpMe
 from pyqmail.remote.pool import Pool
-from pyqmail.remote.route import RouteError, Target, make_resolver, targets
+from pyqmail.remote.route import LazyResolver, RouteError, Target, targets
 from pyqmail.remote.smtp import (
     Died,
     Hello,
@@ -72,7 +72,7 @@ class Remote:
 
     def __init__(self, cfg: RemoteConfig, tcpto_path: str) -> None:
         self.cfg = cfg
-        self.resolver = make_resolver(cfg)
+        self.resolver = LazyResolver(cfg)
         self.pool = Pool(float(cfg.remoteidletime), cfg.remoteidlemax)
         self.tcpto = TcpTo(tcpto_path)
         self.is_me = IpMe(cfg.moreipme, cfg.notipme)

@@ -20,16 +20,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-import dns.asyncresolver
-import dns.exception
-import dns.resolver
-
 from pyqmail.config import QmtpConfig, RemoteConfig
 from pyqmail.formats.control import domain_keys
 from pyqmail.formats.netstring import NetstringError
 from pyqmail.proto.qmtp.client import ResponseReader, qmtp_package
 from pyqmail.remote.deliver import Remote, RemoteJob
 from pyqmail.remote.route import (
+    LazyResolver,
     RouteError,
     Target,
     addresses,
@@ -61,7 +58,7 @@ def qmtproute(domain: str, cfg: QmtpConfig) -> tuple[str, int] | None:
 
 
 async def qmtp_targets(
-    domain: str, rcfg: RemoteConfig, qcfg: QmtpConfig, res: dns.asyncresolver.Resolver
+    domain: str, rcfg: RemoteConfig, qcfg: QmtpConfig, res: LazyResolver
 ) -> list[Target]:
     """Where to try QMTP first, best first; [] means SMTP only."""
     route = qmtproute(domain, qcfg)
@@ -73,6 +70,8 @@ async def qmtp_targets(
         return [Target(relay, a, port) for a in await addresses(res, relay)]
     if smtproute(domain, rcfg) is not None or literal_ip(domain):
         return []  # an artificial SMTP route or an address literal: no MX to read
+    import dns.exception  # only here, past the routes: see LazyResolver
+
     try:
         answer = await res.resolve(domain, "MX")
     except dns.exception.DNSException:

@@ -16,16 +16,14 @@ import ipaddress
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
-
-import dns.asyncresolver
-import dns.exception
-import dns.name
-import dns.nameserver
-import dns.rdatatype
-import dns.resolver
+from typing import TYPE_CHECKING
 
 from pyqmail.config import RemoteConfig
 from pyqmail.formats.control import domain_keys
+
+if TYPE_CHECKING:
+    import dns.asyncresolver
+    import dns.resolver
 
 SMTP_PORT = 25
 DNS_PORT = 53
@@ -93,8 +91,27 @@ def parse_resolver(entry: str) -> tuple[str, int]:
     return host, port
 
 
+class LazyResolver:
+    """The resolver, built at the first lookup: dnspython (~7 MB of imports)
+    stays out of rspawn until a domain without a literal smtproute needs DNS.
+    Building it inside the lookup also turns a missing resolv.conf into a
+    temporary DNS failure for that message, like any other DNS trouble."""
+
+    def __init__(self, cfg: RemoteConfig) -> None:
+        self.cfg = cfg
+        self._res: dns.asyncresolver.Resolver | None = None
+
+    async def resolve(self, name: str, rtype: str) -> dns.resolver.Answer:
+        if self._res is None:
+            self._res = make_resolver(self.cfg)
+        return await self._res.resolve(name, rtype)
+
+
 def make_resolver(cfg: RemoteConfig) -> dns.asyncresolver.Resolver:
     """/etc/resolv.conf's servers, or control/resolvers' (each with its own port)."""
+    import dns.asyncresolver
+    import dns.nameserver
+
     if cfg.resolvers:
         res = dns.asyncresolver.Resolver(configure=False)
         res.nameservers = [dns.nameserver.Do53Nameserver(*parse_resolver(e)) for e in cfg.resolvers]
@@ -114,10 +131,12 @@ def literal_ip(host: str) -> str | None:
         return None
 
 
-async def _lookup(
-    res: dns.asyncresolver.Resolver, name: str, rtype: str
-) -> dns.resolver.Answer | None:
+async def _lookup(res: LazyResolver, name: str, rtype: str) -> dns.resolver.Answer | None:
     """The answer, None when the name has no such records; RouteError otherwise."""
+    import dns.exception
+    import dns.name
+    import dns.resolver
+
     try:
         return await res.resolve(name, rtype)
     except dns.resolver.NXDOMAIN as exc:
@@ -130,7 +149,7 @@ async def _lookup(
         raise RouteError("Z", TEMP_DNS) from exc
 
 
-async def addresses(res: dns.asyncresolver.Resolver, name: str) -> list[str]:
+async def addresses(res: LazyResolver, name: str) -> list[str]:
     """AAAA then A addresses of name; [] when it has none; RouteError on DNS trouble."""
     ips: list[str] = []
     for rtype in ("AAAA", "A"):
@@ -143,7 +162,7 @@ async def addresses(res: dns.asyncresolver.Resolver, name: str) -> list[str]:
 async def targets(
     domain: str,
     cfg: RemoteConfig,
-    res: dns.asyncresolver.Resolver,
+    res: LazyResolver,
     is_me: Callable[[str], bool] = lambda _ip: False,
 ) -> list[Target]:
     """Every address to try, best first. RouteError when there is none to try."""
@@ -161,6 +180,8 @@ async def targets(
     if ip:
         return _not_me([Target(domain, ip, cfg.smtpport, 0)], is_me)
     answer = await _lookup(res, domain, "MX")
+    import dns.name  # _lookup imported it already: this is a dict lookup
+
     mxs = [] if answer is None else [(r.preference, r.exchange) for r in answer][:MAX_MX]
     if len(mxs) == 1 and mxs[0][1] == dns.name.root:
         # RFC 7505: a single MX of "." says the domain accepts no mail

@@ -146,6 +146,8 @@ class Supervisor:
 
     def build(self) -> None:
         base = [sys.executable, "-m"]
+        # components with no TLS to speak: started without OpenSSL (unix/notls.py)
+        notls = [*base, "pyqmail.unix.notls"]
         home = ["--home", self.home.root]
         self.log_pipe = os.pipe()
         wsock = bind_unix(self.home.writer_socket)
@@ -153,14 +155,14 @@ class Supervisor:
         self.components = [
             Component(
                 "queue",
-                [*base, "pyqmail.queue", *home, "--fd", str(wsock.fileno())],
+                [*notls, "pyqmail.queue", *home, "--fd", str(wsock.fileno())],
                 [wsock.fileno()],
             ),
             Component("clean", [*base, "pyqmail.clean", *home]),
             Component("lspawn", [*base, "pyqmail.lspawn", *home]),
             Component("rspawn", [*base, "pyqmail.rspawn", *home]),
-            Component("send", [*base, "pyqmail.send", *home]),
-            Component("lookup", [*base, "pyqmail.lspawn.lookup", *home]),
+            Component("send", [*notls, "pyqmail.send", *home]),
+            Component("lookup", [*notls, "pyqmail.lspawn.lookup", *home]),
         ]
         if self.mini:
             # a mini-qmail node: the writer's socket hands each message to QMQP;

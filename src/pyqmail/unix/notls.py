@@ -1,0 +1,27 @@
+"""python -m pyqmail.unix.notls MODULE ARGS...: run a component that never speaks TLS.
+
+asyncio imports ssl at start whether or not TLS is ever used, and loading
+OpenSSL costs each process about 4.5 MB of resident memory. The queue
+writer, send and the lookup service talk only over local sockets and pipes,
+so the supervisor starts them through here: ssl is marked absent (asyncio
+is written for Pythons built without it) and the component runs as if
+started with ``python -m MODULE``. Any attempt to use TLS in such a process
+fails loudly with ImportError instead of quietly loading OpenSSL.
+"""
+
+from __future__ import annotations
+
+import runpy
+import sys
+
+
+def main() -> None:
+    if len(sys.argv) < 2:
+        raise SystemExit("usage: python -m pyqmail.unix.notls MODULE [ARGS...]")
+    module = sys.argv.pop(1)
+    sys.modules["ssl"] = None  # type: ignore[assignment]
+    runpy.run_module(module, run_name="__main__", alter_sys=True)
+
+
+if __name__ == "__main__":
+    main()
