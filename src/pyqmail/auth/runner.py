@@ -15,11 +15,9 @@ checks pyqmail's hashed password file.
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 from collections.abc import Sequence
 from enum import Enum
-from pathlib import Path
 
 from pyqmail.unix.spawn import spawn, wait_exit
 
@@ -34,11 +32,14 @@ class Verdict(Enum):
 
 
 def default_command() -> tuple[str, ...]:
-    beside = Path(sys.executable).parent / DEFAULT_PROGRAM  # same venv as smtpd
-    return (str(beside) if beside.exists() else DEFAULT_PROGRAM,)
+    beside = os.path.join(os.path.dirname(sys.executable), DEFAULT_PROGRAM)  # same venv as smtpd
+    return (beside if os.path.exists(beside) else DEFAULT_PROGRAM,)
 
 
 def true_program() -> str:
+    # here: shutil and pathlib would be ~1 MB in the lookup service for this one call
+    import shutil
+
     return shutil.which("true") or "/bin/true"
 
 

@@ -11,7 +11,6 @@ gets ``4.4.7`` (delivery time expired).
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -70,6 +69,9 @@ def recipient_status(report: bytes) -> RecipientStatus:
 
 
 def _boundary(*parts: bytes) -> str:
+    # here, for bounces only: hashlib loads OpenSSL, ~1.5 MB in every send process
+    import hashlib
+
     seed = hashlib.sha256(b"\0".join(parts)).hexdigest()
     n = 0
     while True:

@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import argparse
-
 from pyqmail.config import Home
 from pyqmail.queue.writer import serve
-from pyqmail.unix import loop
+from pyqmail.unix import compargs, loop
 from pyqmail.unix.logfmt import set_component
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="pyqmail-queue")
-    ap.add_argument("--home")
-    ap.add_argument("--fd", type=int)
-    args = ap.parse_args(argv)
+    args = compargs.parse("pyqmail-queue", ("--home", "--fd"), argv)
     set_component("queue")
-    loop.run(serve(Home.from_env(args.home), args.fd))
+    loop.run(serve(Home.from_env(args.home), args.fd[-1] if args.fd else None))
     return 0
 
 

@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import argparse
-
 from pyqmail.config import Home
 from pyqmail.smtpd.server import serve
-from pyqmail.unix import loop
+from pyqmail.unix import compargs, loop
 from pyqmail.unix.logfmt import set_component
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="pyqmail-smtpd")
-    ap.add_argument("--home")
-    ap.add_argument("--fd", type=int, action="append", default=[])
-    ap.add_argument("--submission-fd", type=int, action="append", default=[])
-    ap.add_argument("--rules", help="tcprules file instead of control/tcprules.smtp")
-    ap.add_argument("--no-rcptcheck", action="store_true", help="mini node: users live elsewhere")
-    args = ap.parse_args(argv)
+    # --rules: a tcprules file instead of control/tcprules.smtp;
+    # --no-rcptcheck: a mini node, whose users live on the queue servers
+    args = compargs.parse("pyqmail-smtpd", compargs.VALUED + compargs.SWITCHES, argv)
     set_component("smtpd")
     home = Home.from_env(args.home)
     rcptcheck = not args.no_rcptcheck

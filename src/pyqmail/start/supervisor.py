@@ -176,7 +176,10 @@ class Supervisor:
                 Component("lookup", [*base, "pyqmail.lspawn.lookup", *home]),
             ]
             self.smtpd_args.append("--no-rcptcheck")
-        self.components.insert(0, Component("log", [*base, "pyqmail.start.logger"]))
+        # by path, without site (-I -S): it imports only os and signal, and so
+        # stays at a bare interpreter's memory
+        logger_py = os.path.join(os.path.dirname(__file__), "logger.py")
+        self.components.insert(0, Component("log", [sys.executable, "-I", "-S", logger_py]))
         for proto, addrs in (("qmtp", self.qmtp), ("qmqp", self.qmqp)):
             if addrs:
                 self.add_listener(f"{proto}d", addrs, ["pyqmail.qmtpd", "--proto", proto])

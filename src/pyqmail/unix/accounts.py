@@ -11,7 +11,6 @@ from __future__ import annotations
 import grp
 import os
 import pwd
-import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -92,6 +91,8 @@ def component_ids(component: str, queue_dir: str) -> Ids | None:
 
 def create_accounts(alias_home: str) -> list[str]:
     """groupadd/useradd what is missing (qmail's INSTALL.ids); returns what was made."""
+    import subprocess  # here: only pyqmail init needs it, not every component importing us
+
     made: list[str] = []
     for group in GROUPS:
         try:

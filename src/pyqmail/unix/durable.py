@@ -9,11 +9,25 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from concurrent.futures import ThreadPoolExecutor
 
 # Concurrent fsyncs on one filesystem share a journal commit: a batch of N
-# files costs about one fsync, not N. Only these helpers use the pool.
-_POOL = ThreadPoolExecutor(max_workers=32, thread_name_prefix="fsync")
+# files costs about one fsync, not N. Only these helpers use the pool, made
+# at the first batch: concurrent.futures (with logging and threading) is
+# ~2.5 MB that clean and lspawn, which never batch, need not carry.
+_pool: ThreadPoolExecutor | None = None
+
+
+def _batch() -> ThreadPoolExecutor:
+    global _pool
+    if _pool is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="fsync")
+    return _pool
 
 
 def write_all(fd: int, data: bytes) -> None:
@@ -33,12 +47,12 @@ def fsync_dir(path: str) -> None:
 
 def fsync_dirs(paths: Iterable[str]) -> None:
     """fsync each distinct directory, in parallel."""
-    list(_POOL.map(fsync_dir, sorted(set(paths))))
+    list(_batch().map(fsync_dir, sorted(set(paths))))
 
 
 def fsync_fds(fds: Sequence[int]) -> None:
     """fsync every fd, in parallel; raises the first error."""
-    list(_POOL.map(os.fsync, fds))
+    list(_batch().map(os.fsync, fds))
 
 
 def fsync_fds_and_dirs(fds: Sequence[int], dirs: Iterable[str]) -> None:
@@ -47,7 +61,7 @@ def fsync_fds_and_dirs(fds: Sequence[int], dirs: Iterable[str]) -> None:
     For callers whose only ordering need is "all of these before the next
     step" (data and the names pointing at it, before a rename publishes them).
     """
-    list(_POOL.map(_fsync_one, [*fds, *sorted(set(dirs))]))
+    list(_batch().map(_fsync_one, [*fds, *sorted(set(dirs))]))
 
 
 def _fsync_one(target: int | str) -> None:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 from pyqmail.config import Home
-from pyqmail.unix import loop
+from pyqmail.unix import compargs, loop
 from pyqmail.unix.logfmt import set_component
 
 
@@ -16,9 +15,7 @@ def component_main(
     serve: Callable[[Home], Coroutine[Any, Any, None] | None],
     argv: list[str] | None = None,
 ) -> int:
-    ap = argparse.ArgumentParser(prog=f"pyqmail-{name}")
-    ap.add_argument("--home")
-    args = ap.parse_args(argv)
+    args = compargs.parse(f"pyqmail-{name}", ("--home",), argv)
     set_component(name)
     result = serve(Home.from_env(args.home))
     if result is not None:
