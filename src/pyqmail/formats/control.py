@@ -5,7 +5,10 @@ Pure: callers hand in the file's text (or None when the file does not exist).
 
 from __future__ import annotations
 
-import ipaddress
+from typing import TYPE_CHECKING, TypeAlias
+
+if TYPE_CHECKING:
+    import ipaddress
 
 _ASCII_DIGITS = "0123456789"  # str.isdigit() also accepts "²", which int() refuses
 
@@ -94,7 +97,7 @@ def domain_keys(domain: str) -> list[str]:
     return keys
 
 
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPNetwork: TypeAlias = "ipaddress.IPv4Network | ipaddress.IPv6Network"
 
 
 def parse_networks(text: str | None, *, path: str) -> tuple[IPNetwork, ...]:
@@ -102,6 +105,9 @@ def parse_networks(text: str | None, *, path: str) -> tuple[IPNetwork, ...]:
     out: list[IPNetwork] = []
     if text is None:
         return ()
+    # here: ipaddress is ~0.5 MB in components that never read these files
+    import ipaddress
+
     for lineno, raw in enumerate(text.split("\n"), 1):
         line = raw.strip(" \t\r")
         if not line or line.startswith("#"):

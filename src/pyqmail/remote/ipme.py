@@ -13,8 +13,10 @@ from __future__ import annotations
 import ipaddress
 import socket
 import time
+from typing import TYPE_CHECKING
 
-from pyqmail.formats.control import IPNetwork
+if TYPE_CHECKING:
+    from pyqmail.formats.control import IPNetwork
 
 CACHE_S = 300.0
 CACHE_MAX = 4096

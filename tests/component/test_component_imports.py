@@ -1,0 +1,164 @@
+"""What each long-running component loads at start: the idle-memory budget (issue #11).
+
+Every module named here costs each process that imports it resident memory
+for as long as it runs (argparse ~1.4 MB, OpenSSL ~4.5 MB, dnspython ~7 MB);
+these tests keep them out of the processes that have no use for them at idle.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import pyqmail.start.logger
+from pyqmail.unix import compargs
+
+ALWAYS_OUT = ("argparse", "dns", "importlib.metadata", "email", "hashlib", "shutil", "pathlib")
+NO_TLS = ("ssl", "_ssl", "_hashlib")
+
+# (module the supervisor starts, started through pyqmail.unix.notls, also kept out)
+COMPONENTS = [
+    ("pyqmail.clean.__main__", False, ("asyncio", "concurrent.futures", "subprocess", "ssl")),
+    ("pyqmail.lspawn.__main__", False, ("asyncio", "concurrent.futures", "ssl")),
+    ("pyqmail.queue.__main__", True, NO_TLS),
+    ("pyqmail.send.__main__", True, NO_TLS),
+    ("pyqmail.lspawn.lookup", True, NO_TLS),
+    ("pyqmail.rspawn.__main__", False, ()),
+    ("pyqmail.smtpd.__main__", False, ()),
+]
+
+
+def loaded_after_import(module: str, notls: bool) -> set[str]:
+    code = (
+        "import sys\n"
+        + ("sys.modules['ssl'] = None\n" if notls else "")
+        + f"import {module}\n"
+        + "print(' '.join(n for n, m in sys.modules.items() if m is not None))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    return set(out.stdout.split())
+
+
+@pytest.mark.parametrize(("module", "notls", "out"), COMPONENTS)
+def test_a_component_starts_without_modules_it_does_not_need(
+    module: str, notls: bool, out: tuple[str, ...]
+) -> None:
+    loaded = loaded_after_import(module, notls)
+    assert module in loaded
+    assert sorted(loaded & {*ALWAYS_OUT, *out}) == []
+
+
+def test_notls_runs_the_module_with_its_arguments_and_refuses_ssl() -> None:
+    # an unknown option reaches the component's own parser: exit 2, named
+    r = subprocess.run(
+        [sys.executable, "-m", "pyqmail.unix.notls", "pyqmail.clean", "--bogus"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert r.returncode == 2
+    assert "pyqmail-clean: error: unrecognized argument: --bogus" in r.stderr
+    r = subprocess.run(
+        [sys.executable, "-m", "pyqmail.unix.notls", "json.tool", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert r.returncode == 0
+    assert "json.tool" in r.stdout or "usage" in r.stdout
+    # and OpenSSL stays out: the module itself cannot be loaded there
+    r = subprocess.run(
+        [sys.executable, "-m", "pyqmail.unix.notls", "ssl"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert r.returncode == 1
+    assert "import of ssl halted" in r.stderr
+
+
+def test_notls_without_a_module_says_how_to_use_it() -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "pyqmail.unix.notls"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert r.returncode == 1
+    assert "usage: python -m pyqmail.unix.notls MODULE" in r.stderr
+
+
+def test_the_logger_runs_without_site_and_copies_bytes_unchanged() -> None:
+    data = bytes(range(256)) * 1000
+    r = subprocess.run(
+        [sys.executable, "-I", "-S", str(Path(pyqmail.start.logger.__file__))],
+        input=data,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert r.returncode == 0
+    assert r.stdout == data
+
+
+def test_component_arguments_in_both_spellings() -> None:
+    a = compargs.parse(
+        "p", compargs.VALUED + compargs.SWITCHES, ["--home", "/h", "--fd=3", "--fd", "4"]
+    )
+    assert (a.home, a.fd, a.submission_fd, a.rules, a.no_rcptcheck) == (
+        "/h",
+        [3, 4],
+        [],
+        None,
+        False,
+    )
+    a = compargs.parse(
+        "p",
+        compargs.VALUED + compargs.SWITCHES,
+        ["--submission-fd", "5", "--rules=/r", "--no-rcptcheck"],
+    )
+    assert (a.submission_fd, a.rules, a.no_rcptcheck) == ([5], "/r", True)
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["--fd", "3"], "unrecognized argument: --fd"),  # not allowed for this component
+        (["--home"], "--home expects a value"),
+        (["--home", "/h", "extra"], "unrecognized argument: extra"),
+    ],
+)
+def test_bad_component_arguments_exit_2_naming_the_problem(
+    argv: list[str], said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        compargs.parse("pyqmail-x", ("--home",), argv)
+    assert exc.value.code == 2
+    assert f"pyqmail-x: error: {said}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["--fd", "-1"], "--fd: not a file descriptor: '-1'"),
+        (["--fd", "12345678901"], "--fd: not a file descriptor"),
+        (["--submission-fd=x"], "--submission-fd: not a file descriptor: 'x'"),
+        (["--no-rcptcheck=1"], "--no-rcptcheck takes no value"),
+    ],
+)
+def test_bad_values_exit_2_naming_the_option(
+    argv: list[str], said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        compargs.parse("pyqmail-smtpd", compargs.VALUED + compargs.SWITCHES, argv)
+    assert exc.value.code == 2
+    assert said in capsys.readouterr().err
