@@ -13,9 +13,16 @@ renewed certificate is picked up by the next connection.
 from __future__ import annotations
 
 import os
-import ssl
+from typing import TYPE_CHECKING
 
 from pyqmail.net.streams import READ_BYTES, Reader, Writer
+
+if TYPE_CHECKING:
+    import ssl
+
+# ssl is imported in each function that uses it (after the first, a dict
+# lookup): smtpd starts without OpenSSL (unix/notls.py) and loads it at the
+# first STARTTLS, or the first certificate check
 
 MAX_TLS_WRITE = 16384  # one TLS record's worth of plaintext per write() call
 
@@ -26,6 +33,8 @@ class TlsError(Exception):
 
 def server_context(cert_path: str, key_path: str | None = None) -> ssl.SSLContext:
     """A TLS 1.2+ server context; raises OSError or ssl.SSLError for a bad file."""
+    import ssl
+
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.options |= ssl.OP_NO_COMPRESSION  # CRIME
@@ -62,6 +71,8 @@ class TlsStream:
     """Reader and Writer in one: plaintext in and out, TLS records underneath."""
 
     def __init__(self, reader: Reader, writer: Writer, ctx: ssl.SSLContext) -> None:
+        import ssl
+
         self._reader = reader
         self._writer = writer
         self._in = ssl.MemoryBIO()
@@ -72,6 +83,8 @@ class TlsStream:
     @classmethod
     async def accept(cls, reader: Reader, writer: Writer, ctx: ssl.SSLContext) -> TlsStream:
         """Run the server handshake; raises TlsError (the caller then hangs up)."""
+        import ssl
+
         stream = cls(reader, writer, ctx)
         while True:
             try:
@@ -116,6 +129,8 @@ class TlsStream:
 
     async def read(self, n: int) -> bytes:
         """Plaintext, b"" at EOF (close_notify or a bare close). Raises TlsError."""
+        import ssl
+
         while True:
             try:
                 return self._obj.read(n)
@@ -145,6 +160,8 @@ class TlsStream:
         await self._writer.drain()
 
     def close(self) -> None:
+        import ssl
+
         try:
             self._obj.unwrap()  # queue our close_notify
         except ssl.SSLError:

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-import ssl
 import time
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from pyqmail.config import SmtpdConfig
 from pyqmail.formats import envelope as env_fmt
@@ -27,6 +26,9 @@ from pyqmail.proto.smtp import replies
 from pyqmail.proto.smtp import server as eng
 from pyqmail.proto.smtp.replies import Reply, with_status_code
 from pyqmail.unix.logfmt import clean, log
+
+if TYPE_CHECKING:
+    import ssl  # loaded with the first certificate (net/tls.py)
 
 MAX_AUTH_FAILURES = 3  # then 421 and hang up
 AUTH_FAIL_DELAY_S = 1.0  # before each "wrong password" reply: slows guessing
@@ -108,6 +110,8 @@ class SmtpPolicy:
     def _tls_context(self) -> ssl.SSLContext | None:
         if self.service.tls is None:
             return None
+        import ssl
+
         try:
             return self.service.tls.get()
         except (OSError, ssl.SSLError, ValueError) as exc:

@@ -146,7 +146,8 @@ class Supervisor:
 
     def build(self) -> None:
         base = [sys.executable, "-m"]
-        # components with no TLS to speak: started without OpenSSL (unix/notls.py)
+        # started without OpenSSL (unix/notls.py): queue, send and lookup
+        # speak no TLS; smtpd loads it at its first certificate
         notls = [*base, "pyqmail.unix.notls"]
         home = ["--home", self.home.root]
         self.log_pipe = os.pipe()
@@ -197,9 +198,8 @@ class Supervisor:
                     log(f"status: {name} listening on {host}:{port}")
                     fd_args += [flag, str(s.fileno())]
                     fds.append(s.fileno())
-            self.components.append(
-                Component("smtpd", [*base, "pyqmail.smtpd", *home, *fd_args, *self.smtpd_args], fds)
-            )
+            args = [*notls, "pyqmail.smtpd", *home, *fd_args, *self.smtpd_args]
+            self.components.append(Component("smtpd", args, fds))
         if self.pop3:
             self.add_listener("pop3d", self.pop3, ["pyqmail.pop3d"])
 

@@ -7,12 +7,24 @@ so the supervisor starts them through here: ssl is marked absent (asyncio
 is written for Pythons built without it) and the component runs as if
 started with ``python -m MODULE``. Any attempt to use TLS in such a process
 fails loudly with ImportError instead of quietly loading OpenSSL.
+
+smtpd starts here too, then calls ssl_later() once its modules are
+imported: its STARTTLS is our own (net/tls.py, over memory BIOs, never
+asyncio's TLS, which stays disabled in that process), and imports ssl at
+the first certificate it loads.
 """
 
 from __future__ import annotations
 
 import runpy
 import sys
+
+
+def ssl_later() -> None:
+    """Let ssl be imported from now on (asyncio, already imported, keeps without)."""
+    entry: object = sys.modules.get("ssl", sys)
+    if entry is None:
+        del sys.modules["ssl"]
 
 
 def main() -> None:
