@@ -143,7 +143,16 @@ def start_mta(home: Path, *extra: str) -> RunningMta:
             and all(f"{p}d ready" in text for p in listeners)
         )
 
-    wait_until(ready, 20, "pyqmail to start")
+    try:
+        wait_until(ready, 20, "pyqmail to start")
+    except BaseException:
+        # never leave a half-started MTA running behind a failed test
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            mta.stop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        raise
     return mta
 
 

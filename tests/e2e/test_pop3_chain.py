@@ -4,8 +4,10 @@ pyqmail-checkpassword qmail-pop3d Maildir, on stdin/stdout."""
 from __future__ import annotations
 
 import contextlib
+import os
 import poplib
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -40,6 +42,7 @@ def tcpserver(home: Path) -> Iterator[int]:
         env=environ_with_home(home),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its sessions too are ended below, by group
     )
     try:
 
@@ -50,7 +53,8 @@ def tcpserver(home: Path) -> Iterator[int]:
         wait_until(listening, 10, "tcpserver to listen")
         yield port
     finally:
-        server.terminate()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGTERM)
         server.wait(10)
 
 
