@@ -44,6 +44,16 @@ def loaded_after_import(module: str, notls: bool) -> set[str]:
     return set(out.stdout.split())
 
 
+def run_notls(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pyqmail.unix.notls", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
 @pytest.mark.parametrize(("module", "notls", "out"), COMPONENTS)
 def test_a_component_starts_without_modules_it_does_not_need(
     module: str, notls: bool, out: tuple[str, ...]
@@ -55,44 +65,20 @@ def test_a_component_starts_without_modules_it_does_not_need(
 
 def test_notls_runs_the_module_with_its_arguments_and_refuses_ssl() -> None:
     # an unknown option reaches the component's own parser: exit 2, named
-    r = subprocess.run(
-        [sys.executable, "-m", "pyqmail.unix.notls", "pyqmail.clean", "--bogus"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    r = run_notls("pyqmail.clean", "--bogus")
     assert r.returncode == 2
     assert "pyqmail-clean: error: unrecognized argument: --bogus" in r.stderr
-    r = subprocess.run(
-        [sys.executable, "-m", "pyqmail.unix.notls", "json.tool", "--help"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    r = run_notls("json.tool", "--help")
     assert r.returncode == 0
     assert "json.tool" in r.stdout or "usage" in r.stdout
     # and OpenSSL stays out: a module importing it fails
-    r = subprocess.run(
-        [sys.executable, "-m", "pyqmail.unix.notls", "pyqmail.remote.tls"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    r = run_notls("pyqmail.remote.tls")
     assert r.returncode == 1
     assert "import of ssl halted" in r.stderr
 
 
 def test_notls_without_a_module_says_how_to_use_it() -> None:
-    r = subprocess.run(
-        [sys.executable, "-m", "pyqmail.unix.notls"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    r = run_notls()
     assert r.returncode == 1
     assert "usage: python -m pyqmail.unix.notls MODULE" in r.stderr
 
