@@ -4,7 +4,7 @@
 # tests skip. The daemons are only ever started by the tests themselves, on
 # loopback ports with private configs, so package scripts must not start them.
 set -e
-PKGS="swaks ucspi-tcp dovecot-imapd dovecot-pop3d dnsmasq-base fetchmail postfix"
+PKGS="swaks ucspi-tcp dovecot-imapd dovecot-pop3d dnsmasq-base fetchmail postfix strace"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

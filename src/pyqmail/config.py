@@ -163,6 +163,18 @@ def _bounceformat(home: Home) -> str:
     return value
 
 
+def apply_syncmode(home: Home) -> None:
+    """control/syncmode: how this process's group commits reach the disk."""
+    from pyqmail.unix import durable
+
+    value = control.parse_line(read_control(home, "syncmode"), None) or "syncfs"
+    if value not in durable.MODES:
+        raise control.ControlError(
+            home.control("syncmode"), 1, f"{value!r} is not one of {', '.join(durable.MODES)}"
+        )
+    durable.set_mode(value)
+
+
 @dataclass(frozen=True, slots=True)
 class SendConfig:
     me: str

@@ -19,6 +19,7 @@ from pyqmail.formats import control
 from pyqmail.formats.control import ControlError
 from pyqmail.formats.tcprules import parse_rules
 from pyqmail.formats.tlspolicy import parse_tlsdestinations
+from pyqmail.unix.durable import MODES as SYNC_MODES
 
 LineCheck = Callable[[str], str | None]  # one line -> why it is wrong, or None
 
@@ -117,6 +118,12 @@ def _qmqp_server(line: str) -> str | None:
 def _bounceformat(line: str) -> str | None:
     if line.lower() not in BOUNCE_FORMATS:
         return f"{line!r} is not one of {', '.join(BOUNCE_FORMATS)}"
+    return None
+
+
+def _syncmode(line: str) -> str | None:
+    if line not in SYNC_MODES:
+        return f"{line!r} is not one of {', '.join(SYNC_MODES)}"
     return None
 
 
@@ -512,6 +519,15 @@ CONTROL_FILES: tuple[ControlFile, ...] = (
         post=" ms",
         lo=1,
         hi=1000,
+    ),
+    ControlFile(
+        "syncmode",
+        "line",
+        "queue, send, clean, lspawn",
+        "how a batch is made durable: syncfs (one syncfs(2) per filesystem) or fsync (each file)",
+        "syncfs",
+        pre="Batches are made durable with ",
+        check=_syncmode,
     ),
     ControlFile(
         "smtpgreeting",

@@ -75,7 +75,7 @@ class Cleaner:
                 removed_todo.append(len(results) - 1)
         if removed_todo:
             try:
-                durable.fsync_dir(self.home.q("todo"))
+                durable.sync_dir(self.home.q("todo"))
             except OSError as exc:
                 log(f"warning: unable to sync todo/: {exc}")
                 for i in removed_todo:

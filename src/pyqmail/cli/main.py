@@ -6,7 +6,14 @@ import argparse
 import os
 import sys
 
-from pyqmail.config import Home, RemoteConfig, SendConfig, SmtpdConfig, read_control
+from pyqmail.config import (
+    Home,
+    RemoteConfig,
+    SendConfig,
+    SmtpdConfig,
+    apply_syncmode,
+    read_control,
+)
 from pyqmail.controlfiles import check_controls
 from pyqmail.formats.assign import parse_assign
 from pyqmail.formats.control import ControlError
@@ -71,7 +78,7 @@ def check_home(home: Home) -> list[str]:
         pwfile.load(home.root)
     except (ControlError, OSError) as exc:
         problems.append(str(exc))
-    for loader in (SendConfig.load, SmtpdConfig.load, RemoteConfig.load):
+    for loader in (SendConfig.load, SmtpdConfig.load, RemoteConfig.load, apply_syncmode):
         try:
             loader(home)
         except (ControlError, OSError, ValueError) as exc:

@@ -233,7 +233,7 @@ class QueueWriter:
                         os.close(fd)
         for p in batch:
             os.rename(self.home.q("intd", str(p.msg_id)), self.home.q("todo", str(p.msg_id)))
-        durable.fsync_dir(self.home.q("todo"))
+        durable.sync_dir(self.home.q("todo"))
 
     def _pull_trigger(self) -> None:
         try:

@@ -8,7 +8,7 @@ that name is fsynced before anyone is told.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -56,12 +56,104 @@ def fsync_fds(fds: Sequence[int]) -> None:
 
 
 def fsync_fds_and_dirs(fds: Sequence[int], dirs: Iterable[str]) -> None:
-    """fsync files and directories all at once: one journal commit, not two.
+    """Make files and directories durable all at once: one journal commit.
 
     For callers whose only ordering need is "all of these before the next
     step" (data and the names pointing at it, before a rename publishes them).
+    With syncfs on, one syncfs(2) per filesystem involved does it; otherwise
+    every file and directory is fsynced, in parallel.
     """
-    list(_batch().map(_fsync_one, [*fds, *sorted(set(dirs))]))
+    dirs = sorted(set(dirs))
+    if _syncfs_on():
+        _syncfs_all(fds, dirs)
+    else:
+        list(_batch().map(_fsync_one, [*fds, *dirs]))
+
+
+def sync_dir(path: str) -> None:
+    """fsync_dir, or syncfs of its filesystem when syncfs is on (as cheap, and
+    it also covers whatever else the caller wrote there)."""
+    if _syncfs_on():
+        _syncfs_all((), (path,))
+    else:
+        fsync_dir(path)
+
+
+def sync_fd(fd: int) -> None:
+    if _syncfs_on():
+        _syncfs_all((fd,), ())
+    else:
+        os.fsync(fd)
+
+
+# -- syncfs -----------------------------------------------------------------
+# syncfs(2) writes back a filesystem's dirty data and commits its journal in
+# one call, and (Linux 5.8 and later) reports any write-back error on that
+# filesystem since the descriptor was opened. For a batch of N queue files
+# and their directories that is one syscall instead of N fsyncs handed to N
+# threads: measured here on ext4, a batch of 12 took 0.45 ms and 0.12 ms of
+# CPU, against 0.88 ms and 0.86 ms through the thread pool. The price is that
+# it also flushes other programs' dirty data on the same filesystem, so an
+# operator whose queue shares a disk with bulk writers can turn it off with
+# control/syncmode (``fsync``).
+_syncfs: Callable[[int], int] | None = None
+_mode = "syncfs"
+MODES = ("syncfs", "fsync")
+
+
+def set_mode(mode: str) -> None:
+    global _mode
+    if mode not in MODES:
+        raise ValueError(f"unknown sync mode {mode!r}")
+    _mode = mode
+
+
+def _syncfs_on() -> bool:
+    global _syncfs, _mode
+    if _mode != "syncfs":
+        return False
+    if _syncfs is None:
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            fn = libc.syncfs
+        except (OSError, AttributeError):
+            _mode = "fsync"  # not Linux: per-file fsync is the only way
+            return False
+        fn.argtypes = [ctypes.c_int]
+        fn.restype = ctypes.c_int
+
+        def call(fd: int) -> int:
+            if fn(fd) != 0:
+                return ctypes.get_errno()
+            return 0
+
+        _syncfs = call
+    return True
+
+
+def _syncfs_all(fds: Iterable[int], dirs: Iterable[str]) -> None:
+    """One syncfs per filesystem the fds and directories live on."""
+    assert _syncfs is not None
+    by_dev: dict[int, int] = {}
+    opened: list[int] = []
+    try:
+        for fd in fds:
+            by_dev.setdefault(os.fstat(fd).st_dev, fd)
+        for path in dirs:
+            dev = os.stat(path).st_dev
+            if dev not in by_dev:
+                fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+                opened.append(fd)
+                by_dev[dev] = fd
+        for fd in by_dev.values():
+            err = _syncfs(fd)
+            if err:
+                raise OSError(err, os.strerror(err))
+    finally:
+        for fd in opened:
+            os.close(fd)
 
 
 def _fsync_one(target: int | str) -> None:

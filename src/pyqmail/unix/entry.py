@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from pyqmail.config import Home
+from pyqmail.config import Home, apply_syncmode
 from pyqmail.unix import compargs, loop
 from pyqmail.unix.logfmt import set_component
 
@@ -17,7 +17,9 @@ def component_main(
 ) -> int:
     args = compargs.parse(f"pyqmail-{name}", ("--home",), argv)
     set_component(name)
-    result = serve(Home.from_env(args.home))
+    home = Home.from_env(args.home)
+    apply_syncmode(home)
+    result = serve(home)
     if result is not None:
         loop.run(result)
     return 0
