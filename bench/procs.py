@@ -100,13 +100,20 @@ class PeakSampler(threading.Thread):
         self.peak_pss = 0.0
         self._halt = threading.Event()
 
+    def _sample(self) -> None:
+        pids = tree(self.root)
+        self.peak_rss = max(self.peak_rss, rss_mb(pids))
+        self.peak_pss = max(self.peak_pss, pss_mb(pids))
+
     def run(self) -> None:
+        # a sample at once and at the end: a run shorter than the interval
+        # must not report a peak of 0
+        self._sample()
         while not self._halt.wait(self.interval):
-            pids = tree(self.root)
-            self.peak_rss = max(self.peak_rss, rss_mb(pids))
-            self.peak_pss = max(self.peak_pss, pss_mb(pids))
+            self._sample()
 
     def finish(self) -> tuple[float, float]:
         self._halt.set()
         self.join(5)
+        self._sample()
         return self.peak_rss, self.peak_pss
