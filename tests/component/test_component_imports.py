@@ -26,7 +26,7 @@ COMPONENTS = [
     ("pyqmail.queue.__main__", True, NO_TLS),
     ("pyqmail.send.__main__", True, NO_TLS),
     ("pyqmail.lspawn.lookup", True, NO_TLS),
-    ("pyqmail.rspawn.__main__", False, ()),
+    ("pyqmail.rspawn.__main__", True, NO_TLS),  # until a remote offers STARTTLS
     ("pyqmail.smtpd.__main__", True, NO_TLS),  # until its first certificate
 ]
 
@@ -71,10 +71,28 @@ def test_notls_runs_the_module_with_its_arguments_and_refuses_ssl() -> None:
     r = run_notls("json.tool", "--help")
     assert r.returncode == 0
     assert "json.tool" in r.stdout or "usage" in r.stdout
-    # and OpenSSL stays out: a module importing it fails
-    r = run_notls("pyqmail.remote.tls")
+    # and OpenSSL stays out: importing it fails
+    r = run_notls("ssl")
     assert r.returncode == 1
-    assert "import of ssl halted" in r.stderr
+    assert "ImportError" in r.stderr
+    assert "ssl" in r.stderr
+
+
+def test_rspawn_loads_openssl_at_its_first_starttls_context() -> None:
+    code = (
+        "import sys\n"
+        "sys.modules['ssl'] = None\n"
+        "import asyncio\n"
+        "from pyqmail.formats.tlspolicy import TlsLevel, TlsPolicy\n"
+        "from pyqmail.remote.tls import TlsContexts\n"
+        "assert sys.modules.get('ssl') is None\n"
+        "ctx = TlsContexts().get(TlsPolicy(TlsLevel.MAY))\n"
+        "print(type(ctx).__name__, sys.modules['ssl'] is not None)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.split() == ["SSLContext", "True"]
 
 
 def test_notls_without_a_module_says_how_to_use_it() -> None:

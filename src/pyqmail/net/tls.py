@@ -1,8 +1,10 @@
 """TLS over any byte stream: ssl.MemoryBIO between a reader/writer pair.
 
 One implementation for every transport: asyncio sockets of the built-in
-listener and fd 0/1 of qmail-smtpd under tcpserver, where no socket object
-exists to wrap. The ssl module does the cryptography; this only moves
+listener, fd 0/1 of qmail-smtpd under tcpserver, where no socket object
+exists to wrap, and the client side of rspawn's STARTTLS (so rspawn, like
+smtpd, needs no TLS in its event loop and loads OpenSSL only when a remote
+first offers STARTTLS). The ssl module does the cryptography; this only moves
 bytes between the two memory BIOs and the plaintext transport.
 
 Loading control/servercert.pem (certificate chain and key in one file, as
@@ -70,35 +72,57 @@ class ContextCache:
 class TlsStream:
     """Reader and Writer in one: plaintext in and out, TLS records underneath."""
 
-    def __init__(self, reader: Reader, writer: Writer, ctx: ssl.SSLContext) -> None:
+    def __init__(
+        self,
+        reader: Reader,
+        writer: Writer,
+        ctx: ssl.SSLContext,
+        server_side: bool = True,
+        server_hostname: str | None = None,
+    ) -> None:
         import ssl
 
         self._reader = reader
         self._writer = writer
         self._in = ssl.MemoryBIO()
         self._out = ssl.MemoryBIO()
-        self._obj = ctx.wrap_bio(self._in, self._out, server_side=True)
+        self._obj = ctx.wrap_bio(
+            self._in, self._out, server_side=server_side, server_hostname=server_hostname
+        )
         self._eof = False
 
     @classmethod
     async def accept(cls, reader: Reader, writer: Writer, ctx: ssl.SSLContext) -> TlsStream:
         """Run the server handshake; raises TlsError (the caller then hangs up)."""
+        stream = cls(reader, writer, ctx)
+        await stream._handshake()
+        return stream
+
+    @classmethod
+    async def connect(
+        cls, reader: Reader, writer: Writer, ctx: ssl.SSLContext, server_hostname: str | None
+    ) -> TlsStream:
+        """Run the client handshake (the context decides what is verified);
+        raises TlsError with the ssl error as its cause."""
+        stream = cls(reader, writer, ctx, server_side=False, server_hostname=server_hostname)
+        await stream._handshake()
+        return stream
+
+    async def _handshake(self) -> None:
         import ssl
 
-        stream = cls(reader, writer, ctx)
         while True:
             try:
-                stream._obj.do_handshake()
+                self._obj.do_handshake()
                 break
             except ssl.SSLWantReadError:
-                await stream._flush()
-                if not await stream._fill():
+                await self._flush()
+                if not await self._fill():
                     raise TlsError("peer closed during the TLS handshake") from None
             except ssl.SSLError as exc:
-                await stream._flush()  # let the peer see our alert
+                await self._flush()  # let the peer see our alert
                 raise TlsError(f"TLS handshake failed: {exc.reason or exc}") from exc
-        await stream._flush()
-        return stream
+        await self._flush()
 
     @property
     def version(self) -> str | None:

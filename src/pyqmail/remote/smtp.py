@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ssl
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
+from pyqmail.net.streams import Reader, Writer
+from pyqmail.net.tls import TlsError, TlsStream
 from pyqmail.proto.smtp.client import (
     ReplyError,
     ReplyParser,
@@ -42,6 +44,9 @@ from pyqmail.proto.smtp.transaction import (
     TransactionError,
 )
 from pyqmail.remote.route import Target, literal_ip
+
+if TYPE_CHECKING:
+    import ssl
 
 SERVER_TEXT_LIMIT = 5000
 READ_CHUNK = 65536
@@ -90,9 +95,14 @@ class Session:
     opened: float = field(default_factory=time.monotonic)
     idle_since: float = 0.0
     raw: asyncio.BaseTransport | None = None  # the TCP transport under any TLS
+    # what commands and replies go through: the TCP streams, or TLS over them
+    rd: Reader = field(init=False)
+    wr: Writer = field(init=False)
 
     def __post_init__(self) -> None:
         self.raw = self.writer.transport
+        self.rd = self.reader
+        self.wr = self.writer
 
     @property
     def ip(self) -> bytes:
@@ -102,8 +112,8 @@ class Session:
         while not self.pending:
             try:
                 async with asyncio.timeout(self.timeout):
-                    data = await self.reader.read(READ_CHUNK)
-            except (TimeoutError, OSError) as exc:
+                    data = await self.rd.read(READ_CHUNK)
+            except (TimeoutError, OSError, TlsError) as exc:
                 self.broken = True
                 raise Died from exc
             if not data:
@@ -118,9 +128,9 @@ class Session:
 
     async def send(self, data: bytes) -> None:
         try:
-            self.writer.write(data)
+            self.wr.write(data)
             async with asyncio.timeout(self.timeout):
-                await self.writer.drain()
+                await self.wr.drain()
         except (TimeoutError, OSError) as exc:
             self.broken = True
             raise Died from exc
@@ -141,13 +151,15 @@ class Session:
         """
         if not self.writer.is_closing() and not self.broken:
             with contextlib.suppress(OSError, RuntimeError):
-                self.writer.write(b"QUIT\r\n")
+                self.wr.write(b"QUIT\r\n")
+        with contextlib.suppress(OSError, RuntimeError):
+            self.wr.close()  # under TLS: close_notify, then the TCP stream
         self.writer.close()
         if self.broken and isinstance(self.raw, asyncio.Transport):
             self.raw.abort()
 
     async def wait_closed(self) -> None:
-        with contextlib.suppress(OSError, RuntimeError, ssl.SSLError):
+        with contextlib.suppress(OSError, RuntimeError):  # ssl.SSLError is an OSError
             await self.writer.wait_closed()
 
 
@@ -249,15 +261,15 @@ async def start_session(s: Session, hello: Hello) -> NextHost | None:
     # verify checks the name connected to; for an address literal, the address
     server_name = s.target.ip if literal_ip(s.target.host) else s.target.host
     try:
-        await s.writer.start_tls(
-            hello.tls, server_hostname=server_name, ssl_handshake_timeout=s.timeout
-        )
-    except (ssl.SSLError, ssl.CertificateError, OSError, TimeoutError) as exc:
+        async with asyncio.timeout(s.timeout):
+            stream = await TlsStream.connect(s.reader, s.writer, hello.tls, server_name)
+    except (TlsError, OSError, TimeoutError) as exc:
         s.broken = True
-        why = str(exc)[:200].encode("utf-8", "replace")
+        why = str(exc.__cause__ or exc)[:200].encode("utf-8", "replace")
         raise TlsTrouble(
             b"ZConnected to " + s.ip + b" but the TLS handshake failed: " + why + b" (#4.7.5)\n"
         ) from exc
+    s.rd = s.wr = stream
     s.tls = True
     s.parser = ReplyParser()
     answer = await _ehlo(s, helo)

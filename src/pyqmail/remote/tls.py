@@ -9,9 +9,12 @@ store) and the host name connected to.
 
 from __future__ import annotations
 
-import ssl
+from typing import TYPE_CHECKING
 
 from pyqmail.formats.tlspolicy import TlsLevel, TlsPolicy
+
+if TYPE_CHECKING:
+    import ssl
 
 
 class TlsContexts:
@@ -27,6 +30,13 @@ class TlsContexts:
         return ctx
 
     def _make(self, policy: TlsPolicy) -> ssl.SSLContext:
+        # OpenSSL is loaded here, at the first STARTTLS a remote offers:
+        # rspawn starts without it (unix/notls.py)
+        from pyqmail.unix.notls import ssl_later
+
+        ssl_later()
+        import ssl
+
         if policy.level is TlsLevel.VERIFY:
             ctx = ssl.create_default_context(cafile=policy.cafile)
         else:

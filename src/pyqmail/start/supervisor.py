@@ -147,7 +147,8 @@ class Supervisor:
     def build(self) -> None:
         base = [sys.executable, "-m"]
         # started without OpenSSL (unix/notls.py): queue, send and lookup
-        # speak no TLS; smtpd loads it at its first certificate
+        # speak no TLS; smtpd loads it at its first certificate, rspawn at
+        # the first STARTTLS a remote offers
         notls = [*base, "pyqmail.unix.notls"]
         home = ["--home", self.home.root]
         self.log_pipe = os.pipe()
@@ -161,7 +162,7 @@ class Supervisor:
             ),
             Component("clean", [*base, "pyqmail.clean", *home]),
             Component("lspawn", [*base, "pyqmail.lspawn", *home]),
-            Component("rspawn", [*base, "pyqmail.rspawn", *home]),
+            Component("rspawn", [*notls, "pyqmail.rspawn", *home]),
             Component("send", [*notls, "pyqmail.send", *home]),
             Component("lookup", [*notls, "pyqmail.lspawn.lookup", *home]),
         ]

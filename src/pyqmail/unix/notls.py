@@ -16,7 +16,10 @@ on asyncio, 3.53 and 3.21 ms with them on uvloop and OpenSSL loaded).
 smtpd starts here too, then calls ssl_later() once its modules are
 imported: its STARTTLS is our own (net/tls.py, over memory BIOs, never
 asyncio's TLS, which stays disabled in that process), and imports ssl at
-the first certificate it loads.
+the first certificate it loads. rspawn too: its client STARTTLS is the
+same net/tls.py, and remote/tls.py calls ssl_later() when a remote first
+offers STARTTLS, so an rspawn that only ever meets plain-text servers
+never loads OpenSSL (and runs on asyncio's own loop, as uvloop needs ssl).
 """
 
 from __future__ import annotations
