@@ -124,7 +124,8 @@ def relay(mta: Mta, sink: int, n: int, conc: int, run: Run, sample: bool) -> Non
     t0 = time.perf_counter()
     r = load(mta.smtp_port, n, conc, SIZE, "rcpt@example.net", f"a{conc}")
     t_end = wait_until(lambda: sink_stats(sink).messages >= r.accepted, "(a) at the sink")
-    cpu_s = cpu.stop()
+    per_name = cpu.by_name()
+    cpu_s = sum(per_name.values())
     peak_rss, peak_pss = sampler.finish()
     time.sleep(0.5)  # anything doubled would show up now
     s = sink_stats(sink)
@@ -135,6 +136,9 @@ def relay(mta: Mta, sink: int, n: int, conc: int, run: Run, sample: bool) -> Non
     run[f"a C={conc} latency p99 (ms)"] = pct(r.latencies, 0.99)
     run[f"a C={conc} end to end (msg/s)"] = r.accepted / (t_end - t0)
     run[f"a C={conc} CPU per message (ms)"] = cpu_s * 1000 / r.accepted
+    if conc == 10:
+        for name, secs in per_name.items():
+            run[f"{BY_PROCESS}{name}"] = secs * 1000 / r.accepted
     if sample:
         run["e peak RSS in (a) C=50 (MB)"] = peak_rss
         run["e peak PSS in (a) C=50 (MB)"] = peak_pss
@@ -207,6 +211,25 @@ def one_rep(mta: Mta, sink: int, plan: Plan) -> Run:
 
 
 LOWER_IS_BETTER = ("latency", "RSS", "PSS", "CPU", "transaction with")
+
+
+BY_PROCESS = "f C=10 CPU ms/msg: "  # rows of the per-process table, not the main one
+
+
+def by_process(summary: dict[str, dict[str, dict[str, float]]], name: str) -> list[str]:
+    rows = sorted(
+        (
+            (k.removeprefix(BY_PROCESS), per[name])
+            for k, per in summary.items()
+            if k.startswith(BY_PROCESS) and name in per
+        ),
+        key=lambda kv: -kv[1]["median"],
+    )
+    return [
+        f"| {proc} | {fmt(v['median'])} ({fmt(v['min'])} - {fmt(v['max'])}) |"
+        for proc, v in rows
+        if v["median"] >= 0.005
+    ]
 
 
 def summarize(runs: dict[str, list[Run]]) -> dict[str, dict[str, dict[str, float]]]:
@@ -289,8 +312,21 @@ def main() -> int:
         f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end; "
         f"took {took:.0f} s).{alone}",
         "",
-        *table(summary, names),
+        *table({k: v for k, v in summary.items() if not k.startswith(BY_PROCESS)}, names),
         "",
+        "CPU per message at (a) C=10 by process (ms, median (min - max)); lspawn's "
+        "delivery workers are counted with lspawn, children that exited with their parent:",
+        "",
+        *(
+            line
+            for n in names
+            for line in (
+                f"| {n} process | ms/msg |",
+                "|---|---|",
+                *by_process(summary, n),
+                "",
+            )
+        ),
         "Client and sink ceiling (no MTA in between; the load must stay below these):",
         "",
         *(f"- {k}: {fmt(v)}" for k, v in ceil.items()),

@@ -82,11 +82,39 @@ class CpuMeter:
 
     def start(self) -> None:
         self.seen = self._per_pid()
+        self.names = {p: process_name(p) for p in self.seen}
 
     def stop(self) -> float:
         # a process gone since start() now sits in its parent's cutime with
         # its whole life, so its earlier share is subtracted like the others
-        return sum(self._per_pid().values()) - sum(self.seen.values())
+        return sum(self.by_name().values())
+
+    def by_name(self) -> dict[str, float]:
+        """CPU seconds since start() per process name (same-named processes summed)."""
+        now = self._per_pid()
+        out: dict[str, float] = {}
+        for pid in now.keys() | self.seen.keys():
+            name = self.names.get(pid) or process_name(pid)
+            out[name] = out.get(name, 0.0) + now.get(pid, 0.0) - self.seen.get(pid, 0.0)
+        return out
+
+
+def process_name(pid: int) -> str:
+    """pyqmail's component module (pyqmail.send...), else the command's name (Postfix's
+    smtpd, cleanup, qmgr...). lspawn's delivery workers carry lspawn's name."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        comm = Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return "gone"
+    for arg in reversed(argv):
+        if arg.startswith(b"pyqmail.") and arg != b"pyqmail.unix.notls":
+            return arg.decode()
+        if arg.endswith(b"logger.py"):
+            return "pyqmail log"
+    if any(a.endswith(b"/pyqmail") for a in argv[:2]):
+        return "pyqmail supervisor"
+    return comm
 
 
 class PeakSampler(threading.Thread):
