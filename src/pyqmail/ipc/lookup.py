@@ -180,6 +180,10 @@ class LookupClient:
             conn.close()
         return answer
 
+    @property
+    def idle_connections(self) -> int:
+        return len(self._idle)
+
     def close(self) -> None:
         """Hang up the idle connections (in their own loop, if it still runs)."""
         idle, self._idle = self._idle, []
