@@ -41,6 +41,7 @@ AUTH_TEMPFAIL = Reply(454, "temporary authentication failure (#4.7.0)")
 AUTH_TOO_MANY = Reply(421, "too many authentication failures, closing connection (#4.7.0)")
 NEEDS_SMTPUTF8 = Reply(553, "non-ASCII address requires SMTPUTF8 (#5.6.7)")
 BAD_BODY = Reply(501, "BODY must be 7BIT or 8BITMIME (#5.5.4)")
+HELP = Reply(214, "pyqmail home page: https://github.com/pyqmail")
 
 
 class Submission(Protocol):
@@ -110,11 +111,9 @@ class SmtpPolicy:
     def _tls_context(self) -> ssl.SSLContext | None:
         if self.service.tls is None:
             return None
-        import ssl
-
         try:
             return self.service.tls.get()
-        except (OSError, ssl.SSLError, ValueError) as exc:
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError: no ssl import here
             log(f"warning: smtpd cannot use control/servercert.pem: {clean(str(exc))}")
             return None
 
@@ -220,16 +219,16 @@ class SmtpPolicy:
             return await self.end_data(ev.too_big, ev.hops)
         if isinstance(ev, eng.BareLineFeed):
             self.reset()
-            return Reply(451, "See http://pobox.com/~djb/docs/smtplf.html.")
+            return replies.BARE_LF
         if isinstance(ev, eng.Rset):
             self.reset()
-            return Reply(250, "flushed")
+            return replies.FLUSHED
         if isinstance(ev, eng.Noop):
-            return Reply(250, "ok")
+            return replies.OK
         if isinstance(ev, eng.Vrfy):
-            return Reply(252, "send some mail, i'll try my best")
+            return replies.VRFY
         if isinstance(ev, eng.Help):
-            return Reply(214, "pyqmail home page: https://github.com/pyqmail")
+            return HELP
         if isinstance(ev, eng.Quit):
             self.reset()
             self.quit_seen = True
@@ -239,7 +238,7 @@ class SmtpPolicy:
         if isinstance(ev, eng.ConnectionClosed):
             self.reset()
             return None
-        return Reply(502, "unimplemented (#5.5.1)")
+        return replies.UNIMPLEMENTED
 
     # -- AUTH (RFC 4954) ----------------------------------------------------------
     async def auth_start(self, ev: eng.Auth) -> Reply:
@@ -310,7 +309,7 @@ class SmtpPolicy:
             return NEEDS_SMTPUTF8
         self.txn.sender = ev.address
         self.txn.utf8 = utf8
-        return Reply(250, "ok")
+        return replies.OK
 
     async def rcpt(self, ev: eng.Rcpt) -> Reply:
         if ev.params:
@@ -335,7 +334,7 @@ class SmtpPolicy:
         if len(rcpt) >= env_fmt.MAX_ADDRESS_BYTES:
             return Reply(553, "sorry, that address is too long (#5.1.3)")
         self.txn.recipients.append(rcpt)
-        return Reply(250, "ok")
+        return replies.OK
 
     async def start_data(self, ev: eng.Data | eng.Bdat) -> Reply | None:
         if self.txn.submission is None and self.txn.failed is None:
@@ -348,7 +347,7 @@ class SmtpPolicy:
             else:
                 await self.txn.submission.write(received_line(self.client, self.helo, time.time()))
         if isinstance(ev, eng.Data):
-            return Reply(354, "go ahead")
+            return replies.GO_AHEAD
         return None  # BDAT: the reply comes with BdatEnd
 
     async def chunk(self, data: bytes) -> None:
