@@ -276,6 +276,36 @@ def test_unanswered_question_is_dropped_not_reused(monkeypatch: pytest.MonkeyPat
         shutil.rmtree(tmp)
 
 
+def test_short_question_after_a_long_one_keeps_its_own_time_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(proto, "RCPT_TIMEOUT_S", 0.3)  # AUTH keeps its 40 s
+    tmp = tempfile.mkdtemp(prefix="pyqlookup-")
+    path = os.path.join(tmp, "lookup.sock")
+
+    async def main() -> None:
+        async def answers_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readexactly(len(pack(proto.AUTH, b"u", b"p", b"<t>")))
+            writer.write(b"1:K,")
+            await reader.read()  # the RCPT after it is never answered
+            writer.close()
+
+        server = await asyncio.start_unix_server(answers_once, path)
+        try:
+            assert await proto.ask_auth(path, b"u", b"p", b"<t>") == b"K"
+            async with asyncio.timeout(10):  # not the AUTH's 40 s
+                assert await proto.ask_rcpt(path, GOOD) == proto.UNREACHABLE
+        finally:
+            proto.client(path).close()
+            server.close()
+            await asyncio.sleep(0)
+
+    try:
+        run(main)
+    finally:
+        shutil.rmtree(tmp)
+
+
 def test_garbled_answer_is_unreachable_and_the_connection_dropped() -> None:
     tmp = tempfile.mkdtemp(prefix="pyqlookup-")
     path = os.path.join(tmp, "lookup.sock")

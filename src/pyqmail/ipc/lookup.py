@@ -76,6 +76,8 @@ class _Connection(asyncio.Protocol):
         self._frames = FrameBuffer(MAX_ANSWER_BYTES)
         self._transport: asyncio.BaseTransport | None = None
         self._waiter: asyncio.Future[bytes] | None = None
+        self._deadline = 0.0  # of the question in flight
+        self._timer: asyncio.TimerHandle | None = None
         self.usable = False  # open, and no answer outstanding or out of step
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -103,19 +105,28 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._fail(HungUp("the lookup service hung up") if exc is None else exc)
 
-    def _timed_out(self) -> None:
+    def _check_deadline(self) -> None:
+        # one timer per connection, re-armed only when it goes off, instead of
+        # one armed and cancelled per question
+        self._timer = None
+        if self._waiter is None:
+            return  # answered; the next question arms it again
+        if self._loop.time() < self._deadline:
+            self._timer = self._loop.call_at(self._deadline, self._check_deadline)
+            return
         self._fail(TimeoutError("the lookup service did not answer in time"))
 
     def _fail(self, exc: Exception) -> None:
-        self.usable = False
-        if self._transport is not None:
-            self._transport.close()
+        self.close()
         waiter, self._waiter = self._waiter, None
         if waiter is not None and not waiter.done():
             waiter.set_exception(exc)
 
     def close(self) -> None:
         self.usable = False
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._transport is not None:
             self._transport.close()
 
@@ -127,15 +138,17 @@ class _Connection(asyncio.Protocol):
         self.usable = False  # until the answer is in: a cancelled question leaves it out of step
         waiter = self._loop.create_future()
         self._waiter = waiter
-        timer = self._loop.call_at(deadline, self._timed_out)
+        self._deadline = deadline
+        if self._timer is None or self._timer.when() > deadline:  # an RCPT after an AUTH
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = self._loop.call_at(deadline, self._check_deadline)
         try:
             transport.write(request)
             answer: bytes = await waiter
         except BaseException:
             self.close()
             raise
-        finally:
-            timer.cancel()
         self.usable = True
         return answer
 
