@@ -12,6 +12,7 @@ import asyncio
 import os
 import time
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import TYPE_CHECKING, Protocol
 
 from pyqmail.config import SmtpdConfig
@@ -63,6 +64,12 @@ class Service:
     lookup_socket: str | None = None  # the lookup service: RCPT checks and AUTH
 
 
+@lru_cache(maxsize=64)
+def session_reply(code: int, text: str) -> Reply:
+    """A reply every session gives in the same words (greeting, EHLO, QUIT): made once."""
+    return Reply(code, text)
+
+
 def received_line(client: Client, helo: bytes | None, now: float) -> bytes:
     return peer.received_line(client, helo, now, "SMTP")
 
@@ -105,8 +112,8 @@ class SmtpPolicy:
 
     def greeting(self) -> Reply:
         if not self.cfg.greeting:
-            return Reply(421, "unable to read controls (#4.3.0)")
-        return Reply(220, f"{self.cfg.greeting} ESMTP")
+            return replies.CONTROLS_UNREADABLE
+        return session_reply(220, f"{self.cfg.greeting} ESMTP")
 
     def _tls_context(self) -> ssl.SSLContext | None:
         if self.service.tls is None:
@@ -167,8 +174,8 @@ class SmtpPolicy:
             self.helo = ev.name
             self.esmtp = ev.extended
             if ev.extended:
-                return Reply(250, "\n".join(self.ehlo_lines()))
-            return Reply(250, self.cfg.greeting)
+                return session_reply(250, "\n".join(self.ehlo_lines()))
+            return session_reply(250, self.cfg.greeting)
         if isinstance(ev, eng.StartTls):
             return self.starttls()
         reply = await self._decide(ev)
@@ -232,7 +239,7 @@ class SmtpPolicy:
         if isinstance(ev, eng.Quit):
             self.reset()
             self.quit_seen = True
-            return Reply(221, self.cfg.greeting)
+            return session_reply(221, self.cfg.greeting)
         if isinstance(ev, eng.Rejected):
             return ev.reply
         if isinstance(ev, eng.ConnectionClosed):
