@@ -11,9 +11,10 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pyqmail.config import SmtpdConfig
 from pyqmail.formats import envelope as env_fmt
@@ -178,14 +179,13 @@ class SmtpPolicy:
             return session_reply(250, self.cfg.greeting)
         if isinstance(ev, eng.StartTls):
             return self.starttls()
-        reply = await self._decide(ev)
+        # a table, not a chain of isinstance(): one lookup per command; the
+        # engine's events are final classes, so their type says it all
+        now = _DECIDED_AT_ONCE.get(type(ev))
+        reply = now(self, ev) if now is not None else await self._decide(ev)
         if reply is None or not self.esmtp:
             return reply
-        default = None
-        if reply.is_positive and isinstance(ev, eng.Mail):
-            default = "2.1.0"
-        elif reply.is_positive and isinstance(ev, eng.Rcpt):
-            default = "2.1.5"
+        default = _STATUS_IF_POSITIVE.get(type(ev)) if reply.is_positive else None
         return with_status_code(reply, default)
 
     def starttls(self) -> Reply:
@@ -203,14 +203,7 @@ class SmtpPolicy:
         return replies.TLS_READY
 
     async def _decide(self, ev: object) -> Reply | None:
-        if isinstance(ev, eng.Auth):
-            return await self.auth_start(ev)
-        if isinstance(ev, eng.AuthLine):
-            if self._sasl is None:
-                return sasl.CANCELLED
-            return await self.auth_step(self._sasl.step(ev.line))
-        if isinstance(ev, eng.Mail):
-            return self.mail(ev)
+        """The events whose answer waits for the lookup service or the queue."""
         if isinstance(ev, eng.Rcpt):
             return await self.rcpt(ev)
         if isinstance(ev, eng.Data | eng.Bdat):
@@ -224,28 +217,29 @@ class SmtpPolicy:
             if not ev.last:
                 return Reply(250, f"{ev.size} octets received")
             return await self.end_data(ev.too_big, ev.hops)
-        if isinstance(ev, eng.BareLineFeed):
-            self.reset()
-            return replies.BARE_LF
-        if isinstance(ev, eng.Rset):
-            self.reset()
-            return replies.FLUSHED
-        if isinstance(ev, eng.Noop):
-            return replies.OK
-        if isinstance(ev, eng.Vrfy):
-            return replies.VRFY
-        if isinstance(ev, eng.Help):
-            return HELP
-        if isinstance(ev, eng.Quit):
-            self.reset()
-            self.quit_seen = True
-            return session_reply(221, self.cfg.greeting)
-        if isinstance(ev, eng.Rejected):
-            return ev.reply
-        if isinstance(ev, eng.ConnectionClosed):
-            self.reset()
-            return None
+        if isinstance(ev, eng.Auth):
+            return await self.auth_start(ev)
+        if isinstance(ev, eng.AuthLine):
+            if self._sasl is None:
+                return sasl.CANCELLED
+            return await self.auth_step(self._sasl.step(ev.line))
         return replies.UNIMPLEMENTED
+
+    def bare_line_feed(self, ev: eng.BareLineFeed) -> Reply:
+        self.reset()
+        return replies.BARE_LF
+
+    def rset(self, ev: eng.Rset) -> Reply:
+        self.reset()
+        return replies.FLUSHED
+
+    def quit(self, ev: eng.Quit) -> Reply:
+        self.reset()
+        self.quit_seen = True
+        return session_reply(221, self.cfg.greeting)
+
+    def closed(self, ev: eng.ConnectionClosed) -> None:
+        self.reset()
 
     # -- AUTH (RFC 4954) ----------------------------------------------------------
     async def auth_start(self, ev: eng.Auth) -> Reply:
@@ -387,3 +381,19 @@ class SmtpPolicy:
         finally:
             if sub is not None:
                 sub.abort()
+
+
+# Events answered without waiting for anything (SmtpPolicy.decide).
+_DECIDED_AT_ONCE: dict[type, Callable[[SmtpPolicy, Any], Reply | None]] = {
+    eng.Mail: SmtpPolicy.mail,
+    eng.Rset: SmtpPolicy.rset,
+    eng.Quit: SmtpPolicy.quit,
+    eng.Noop: lambda policy, ev: replies.OK,
+    eng.Vrfy: lambda policy, ev: replies.VRFY,
+    eng.Help: lambda policy, ev: HELP,
+    eng.Rejected: lambda policy, ev: ev.reply,
+    eng.Unknown: lambda policy, ev: replies.UNIMPLEMENTED,
+    eng.BareLineFeed: SmtpPolicy.bare_line_feed,
+    eng.ConnectionClosed: SmtpPolicy.closed,
+}
+_STATUS_IF_POSITIVE = {eng.Mail: "2.1.0", eng.Rcpt: "2.1.5"}  # RFC 3463 §3.2
