@@ -31,7 +31,7 @@ from pyqmail.lspawn.lookup import Lookup, LookupConnection
 from pyqmail.net.peer import client_for
 from pyqmail.smtpd.policy import Service, SmtpPolicy, Submission
 from pyqmail.smtpd.session import serve_smtp
-from tests.harness import environ_with_home, wait_until
+from tests.harness import BIN, environ_with_home, wait_until
 
 GOOD = b"postmaster@localhost"
 BAD = b"nobody-here@localhost"
@@ -148,6 +148,39 @@ def test_smtp_sessions_ask_over_one_lookup_connection(home: Path) -> None:
             codes = await asyncio.to_thread(smtp_rcpts, port, [BAD, GOOD])
             assert codes == [550, 250]
             assert svc.accepted == 1  # the next session asked on the same connection
+
+    run(main)
+
+
+def test_qmail_smtpd_under_tcpserver_asks_over_one_connection_and_closes_it(home: Path) -> None:
+    dialog = (
+        b"HELO client.example\r\nMAIL FROM:<a@example.org>\r\n"
+        + b"".join(b"RCPT TO:<%s>\r\n" % r for r in (GOOD, BAD, GOOD))
+        + b"QUIT\r\n"
+    )
+    env = environ_with_home(home)
+    env.update(TCPREMOTEIP="127.0.0.1", TCPLOCALIP="127.0.0.1", PYTHONDEVMODE="1")
+
+    async def main() -> None:
+        async with service(home) as svc:
+            proc = await asyncio.create_subprocess_exec(
+                str(BIN / "qmail-smtpd"),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=env,
+            )
+            out, err = await proc.communicate(dialog)
+            codes = [line[:3] for line in out.split(b"\r\n") if line]
+            assert codes == [b"220", b"250", b"250", b"250", b"550", b"250", b"221"], out
+            assert proc.returncode == 0
+            assert svc.accepted == 1
+            assert b"unclosed" not in err, err  # dev mode names a socket left open
+            for _ in range(200):
+                if not svc.lookup.connections:
+                    break
+                await asyncio.sleep(0.05)
+            assert not svc.lookup.connections  # smtpd's exit hung up
 
     run(main)
 

@@ -217,6 +217,12 @@ def client(socket_path: str) -> LookupClient:
     return pool
 
 
+def close_all() -> None:
+    """Hang up every idle connection (a session under tcpserver, at its end)."""
+    for pool in _clients.values():
+        pool.close()
+
+
 async def ask_rcpt(socket_path: str, address: bytes) -> bytes:
     """K, D<text> or Z<text> for a recipient; Z when the service cannot be reached."""
     return await client(socket_path).ask(pack(RCPT, address), RCPT_TIMEOUT_S)
