@@ -49,9 +49,12 @@ class ClientClock:
     def _next_check(self, now: float) -> float:
         if self.reading_since is not None:
             return min(self.reading_since + self.idle, self.deadline)
+        # not reading: never sooner than the earliest a read could expire
+        # (it cannot start before now), and never a busy loop
+        idle = max(self.idle, 1.0)
         if self.deadline > now:
-            return min(now + self.idle, self.deadline)
-        return now + self.idle  # a read starting after the deadline fails at once
+            return min(now + idle, self.deadline)
+        return now + idle  # a read starting after the deadline fails at once
 
     def _check(self) -> None:
         now = self.loop.time()
