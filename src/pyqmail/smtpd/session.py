@@ -107,10 +107,10 @@ async def serve_smtp(reader: Reader, writer: Writer, policy: SmtpPolicy) -> None
                     out.append(exc.reply.to_bytes())
                 break
             if event is eng.NEED_DATA:
-                if out:
+                if out:  # nothing written, nothing to drain (body chunks come this way)
                     writer.write(out[0] if len(out) == 1 else b"".join(out))
                     out.clear()
-                await writer.drain()
+                    await writer.drain()
                 data = await clock.read(reader)
                 if isinstance(data, Reply):
                     out.append(data.to_bytes())
