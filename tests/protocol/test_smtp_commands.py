@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pyqmail.proto.smtp import replies
+from pyqmail.proto.smtp import commands, replies
 from pyqmail.proto.smtp.commands import CommandSyntaxError, parse_params, parse_path, split_path
 from pyqmail.proto.smtp.replies import Reply
 
@@ -112,6 +113,26 @@ def test_garbage_raises_only_command_syntax_error(junk: bytes) -> None:
         assert len(address) <= 50
         assert not any(c < 0x20 or c == 0x7F for c in address)
         parse_params(rest)
+
+
+def _outcome(split: Callable[..., tuple[bytes, bytes]], arg: bytes) -> object:
+    try:
+        return split(arg, max_len=12)
+    except CommandSyntaxError as exc:
+        return exc.reply
+
+
+_PATHISH = st.lists(st.sampled_from([*b' <>@:,"\\ab.\x00\x7f', 0xC3, 0xB6]), max_size=24).map(bytes)
+
+
+@given(_PATHISH)
+@settings(max_examples=500)
+def test_plain_path_shortcut_agrees_with_the_full_walk(arg: bytes) -> None:
+    """split_path's regex shortcut for "<addr>" never answers differently."""
+    assert _outcome(split_path, arg) == _outcome(commands._split_path_walk, arg)
+    assert _outcome(split_path, b"<" + arg + b">") == _outcome(
+        commands._split_path_walk, b"<" + arg + b">"
+    )
 
 
 # -- parse_params ----------------------------------------------------------------

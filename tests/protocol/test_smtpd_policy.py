@@ -245,3 +245,42 @@ def test_starttls_forgets_helo_and_authentication(tmp_path: Path) -> None:
     assert decide(p, eng.StartTls()).code == 220
     assert (p.helo, p.esmtp, p.auth_user, p.tls_active) == (None, False, None, True)
     assert "STARTTLS" not in p.ehlo_lines()  # RFC 3207 §4.2
+
+
+EHLO_WITHOUT_OPENSSL = """
+import asyncio, sys
+sys.modules["ssl"] = None  # as unix/notls.py starts smtpd: any import of ssl fails
+from pyqmail.net.peer import Client
+from pyqmail.net.tls import ContextCache
+from pyqmail.proto.smtp import server as eng
+from pyqmail.smtpd.policy import Service, SmtpPolicy
+from pyqmail.config import SmtpdConfig
+
+class NoQueue:
+    async def open(self):
+        raise OSError
+
+cfg = SmtpdConfig(me="mx.example", greeting="mx.example", rcpthosts=None, databytes=0,
+                  timeout=5, localiphost="mx.example", badmailfrom=frozenset())
+service = Service(tls=ContextCache(sys.argv[1]))
+p = SmtpPolicy(cfg, Client(remote_ip="192.0.2.1"), NoQueue(), service)
+reply = asyncio.run(p.decide(eng.Helo(b"c.example", True)))
+print(reply.code, "STARTTLS" in reply.text)
+"""
+
+
+def test_ehlo_without_a_certificate_never_loads_openssl(tmp_path: Path) -> None:
+    # smtpd loads OpenSSL (~4.5 MB) at its first certificate, not at its first EHLO
+    import subprocess
+    import sys
+
+    missing = str(tmp_path / "servercert.pem")
+    res = subprocess.run(
+        [sys.executable, "-c", EHLO_WITHOUT_OPENSSL, missing],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["250", "False"]

@@ -30,14 +30,25 @@ class FrameBuffer:
         self._limit = limit
 
     def feed(self, data: bytes) -> list[bytes]:
-        self._buf += data
+        buf = self._buf + data if self._buf else data
+        width = len(str(self._limit)) + 1
         out: list[bytes] = []
+        pos = 0  # an offset, not slicing the rest off per frame: many small frames stay linear
         while True:
-            got = netstring.decode_one(self._buf, limit=self._limit)
+            got = netstring.parse_length(buf[pos : pos + width], limit=self._limit)
             if got is None:
-                return out
-            payload, self._buf = got
-            out.append(payload)
+                break
+            size, start = got
+            start += pos
+            end = start + size
+            if len(buf) <= end:
+                break
+            if buf[end] != ord(","):
+                raise netstring.NetstringError("missing comma")
+            out.append(buf[start:end])
+            pos = end + 1
+        self._buf = buf[pos:] if pos else buf
+        return out
 
 
 async def read_frame(reader: asyncio.StreamReader, limit: int = MAX_FRAME_BYTES) -> bytes | None:

@@ -12,9 +12,10 @@ Reads:   control/{me,locals,percenthack,virtualdomains,envnoathost,
          checkpassword} (again on SIGHUP), users/assign, passwd; stats
          .qmail files, never opens or runs anything in a user's home.
 Writes:  nothing; answers on queue/lock/lookup.sock.
-Trusts:  only root, itself and qmaild (checked per connection with
-         SO_PEERCRED): a password oracle is for smtpd alone. One bounded
-         netstring per connection, parsed strictly; a malformed one closes it.
+Trusts:  only root, itself and qmaild (checked once per connection with
+         SO_PEERCRED): a password oracle is for smtpd alone. Questions are
+         bounded netstrings, parsed strictly; a malformed one closes the
+         connection, as does IDLE_TIMEOUT_S without a question (ipc/lookup.py).
 
 Answers follow the mail's later fate exactly: the address is rewritten by
 the same routing.classify send uses, and judged by local.users.no_mailbox,
@@ -26,13 +27,14 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from collections import deque
 
 from pyqmail.auth.runner import Verdict, check_password
 from pyqmail.config import Home, SendConfig, SmtpdConfig
 from pyqmail.formats import netstring
 from pyqmail.formats.address import split_at_last_at
 from pyqmail.ipc import lookup as proto
-from pyqmail.ipc.frames import pack, read_frame
+from pyqmail.ipc.frames import FrameBuffer, pack
 from pyqmail.ipc.listen import peer_allowed, unix_listener, wait_for_stop
 from pyqmail.local.users import AssignCache, no_mailbox
 from pyqmail.routing import classify
@@ -58,6 +60,7 @@ class Lookup:
         self.checkpassword = SmtpdConfig.load(home).checkpassword
         self.assign = AssignCache(home)
         self.allowed = smtpd_uids(home)
+        self.connections: set[LookupConnection] = set()
 
     def reload(self) -> None:
         try:
@@ -91,43 +94,114 @@ class Lookup:
             return b"Dauthorization failed (#5.7.8)"
         return b"Ztemporary authentication failure (#4.7.0)"
 
-    async def connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+
+class LookupConnection(asyncio.Protocol):
+    """One smtpd connection: questions answered in order, one at a time.
+
+    RCPT answers are computed as the question arrives. An AUTH question
+    runs checkpassword: reading pauses until it is answered, so answers
+    stay in the order of the questions.
+    """
+
+    def __init__(self, lookup: Lookup) -> None:
+        self.lookup = lookup
+        self.loop = asyncio.get_running_loop()
+        self.frames = FrameBuffer(proto.MAX_REQUEST_BYTES)
+        self.transport: asyncio.Transport | None = None
+        self.pending: deque[bytes] = deque()
+        self.auth_task: asyncio.Task[None] | None = None
+        self.last = self.loop.time()
+        self.timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        sock = transport.get_extra_info("socket")
+        if sock is None or not peer_allowed(sock, self.lookup.allowed):
+            transport.close()
+            return
+        self.transport = transport
+        self.lookup.connections.add(self)
+        self.timer = self.loop.call_at(self.last + proto.IDLE_TIMEOUT_S, self.idle_check)
+
+    def data_received(self, data: bytes) -> None:
+        if self.transport is None:
+            return
+        self.last = self.loop.time()
         try:
-            sock = writer.get_extra_info("socket")
-            if sock is None or not peer_allowed(sock, self.allowed):
+            self.pending.extend(self.frames.feed(data))
+        except netstring.NetstringError:
+            self.close()  # a broken request gets no answer; smtpd then says 4xx
+            return
+        self.answer_pending()
+
+    def answer_pending(self) -> None:
+        transport = self.transport
+        while self.pending and self.auth_task is None and transport is not None:
+            try:
+                q = proto.decode_request(self.pending.popleft())
+            except ValueError:
+                self.close()
                 return
+            if isinstance(q, proto.RcptQuestion):
+                transport.write(pack(self.lookup.rcpt(q.address)))
+            else:
+                transport.pause_reading()
+                self.auth_task = self.loop.create_task(self.auth(q))
+
+    async def auth(self, q: proto.AuthQuestion) -> None:
+        try:
             async with asyncio.timeout(proto.AUTH_TIMEOUT_S):
-                payload = await read_frame(reader, proto.MAX_REQUEST_BYTES)
-                if payload is None:
-                    return
-                q = proto.decode_request(payload)
-                if isinstance(q, proto.RcptQuestion):
-                    answer = self.rcpt(q.address)
-                else:
-                    answer = await self.auth(q)
-                writer.write(pack(answer))
-                await writer.drain()
-        except (
-            OSError,
-            TimeoutError,
-            ValueError,
-            asyncio.IncompleteReadError,
-            netstring.NetstringError,
-        ):
-            pass  # a broken request gets no answer; smtpd then says 4xx
-        finally:
-            writer.close()
+                answer = await self.lookup.auth(q)
+        except (OSError, TimeoutError, ValueError):
+            self.close()  # no answer; smtpd then says 4xx
+            return
+        self.auth_task = None
+        if self.transport is None:
+            return
+        self.transport.write(pack(answer))
+        self.last = self.loop.time()
+        self.transport.resume_reading()
+        self.answer_pending()
+
+    def idle_check(self) -> None:
+        if self.transport is None:
+            return
+        quiet_until = self.last + proto.IDLE_TIMEOUT_S
+        if self.auth_task is None and self.loop.time() >= quiet_until:
+            self.close()
+            return
+        # one timer per quiet period, not one per question
+        self.timer = self.loop.call_at(max(quiet_until, self.loop.time() + 1.0), self.idle_check)
+
+    def eof_received(self) -> bool:
+        return False  # smtpd hung up: so do we
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        transport, self.transport = self.transport, None
+        self.lookup.connections.discard(self)
+        if self.timer is not None:
+            self.timer.cancel()
+        if self.auth_task is not None and self.auth_task is not asyncio.current_task():
+            self.auth_task.cancel()
+        if transport is not None:
+            transport.close()
 
 
 async def serve(home: Home) -> None:
     lookup = Lookup(home)
-    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, lookup.reload)
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGHUP, lookup.reload)
     # 0666: qmaild is in no group of ours; who may talk is checked per connection
     sock = unix_listener(home.socket("lookup"), mode=0o666, backlog=256)
-    server = await asyncio.start_unix_server(lookup.connection, sock=sock)
+    server = await loop.create_unix_server(lambda: LookupConnection(lookup), sock=sock)
     log("status: lookup ready")
     await wait_for_stop()
     server.close()
+    for conn in list(lookup.connections):
+        conn.close()
 
 
 def main(argv: list[str] | None = None) -> int:

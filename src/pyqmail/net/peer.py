@@ -8,6 +8,7 @@ the Received line they write (qmail-protocols §9.5).
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass
 
 from pyqmail.formats import tcprules
@@ -16,6 +17,7 @@ from pyqmail.formats.control import domain_keys
 from pyqmail.formats.dates import date822
 
 RECEIVED_OK = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.@%+/=:-")
+_UNSAFE = re.compile("[^" + re.escape(bytes(sorted(RECEIVED_OK)).decode()) + "]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +68,7 @@ def client_for(
 
 def safe(text: str) -> str:
     """Received-line fields: anything outside qmail's safe set becomes '?'."""
-    return "".join(ch if ord(ch) < 128 and ord(ch) in RECEIVED_OK else "?" for ch in text)
+    return _UNSAFE.sub("?", text)
 
 
 def received_line(client: Client, helo: bytes | None, now: float, protocol: str = "SMTP") -> bytes:

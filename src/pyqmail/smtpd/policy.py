@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pyqmail.config import SmtpdConfig
 from pyqmail.formats import envelope as env_fmt
@@ -41,6 +43,7 @@ AUTH_TEMPFAIL = Reply(454, "temporary authentication failure (#4.7.0)")
 AUTH_TOO_MANY = Reply(421, "too many authentication failures, closing connection (#4.7.0)")
 NEEDS_SMTPUTF8 = Reply(553, "non-ASCII address requires SMTPUTF8 (#5.6.7)")
 BAD_BODY = Reply(501, "BODY must be 7BIT or 8BITMIME (#5.5.4)")
+HELP = Reply(214, "pyqmail home page: https://github.com/pyqmail")
 
 
 class Submission(Protocol):
@@ -60,6 +63,12 @@ class Service:
     submission: bool = False  # RFC 6409: MAIL needs AUTH first
     tls: ContextCache | None = None  # STARTTLS offered when it yields a context
     lookup_socket: str | None = None  # the lookup service: RCPT checks and AUTH
+
+
+@lru_cache(maxsize=64)
+def session_reply(code: int, text: str) -> Reply:
+    """A reply every session gives in the same words (greeting, EHLO, QUIT): made once."""
+    return Reply(code, text)
 
 
 def received_line(client: Client, helo: bytes | None, now: float) -> bytes:
@@ -104,17 +113,15 @@ class SmtpPolicy:
 
     def greeting(self) -> Reply:
         if not self.cfg.greeting:
-            return Reply(421, "unable to read controls (#4.3.0)")
-        return Reply(220, f"{self.cfg.greeting} ESMTP")
+            return replies.CONTROLS_UNREADABLE
+        return session_reply(220, f"{self.cfg.greeting} ESMTP")
 
     def _tls_context(self) -> ssl.SSLContext | None:
         if self.service.tls is None:
             return None
-        import ssl
-
         try:
             return self.service.tls.get()
-        except (OSError, ssl.SSLError, ValueError) as exc:
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError: no ssl import here
             log(f"warning: smtpd cannot use control/servercert.pem: {clean(str(exc))}")
             return None
 
@@ -168,18 +175,17 @@ class SmtpPolicy:
             self.helo = ev.name
             self.esmtp = ev.extended
             if ev.extended:
-                return Reply(250, "\n".join(self.ehlo_lines()))
-            return Reply(250, self.cfg.greeting)
+                return session_reply(250, "\n".join(self.ehlo_lines()))
+            return session_reply(250, self.cfg.greeting)
         if isinstance(ev, eng.StartTls):
             return self.starttls()
-        reply = await self._decide(ev)
+        # a table, not a chain of isinstance(): one lookup per command; the
+        # engine's events are final classes, so their type says it all
+        now = _DECIDED_AT_ONCE.get(type(ev))
+        reply = now(self, ev) if now is not None else await self._decide(ev)
         if reply is None or not self.esmtp:
             return reply
-        default = None
-        if reply.is_positive and isinstance(ev, eng.Mail):
-            default = "2.1.0"
-        elif reply.is_positive and isinstance(ev, eng.Rcpt):
-            default = "2.1.5"
+        default = _STATUS_IF_POSITIVE.get(type(ev)) if reply.is_positive else None
         return with_status_code(reply, default)
 
     def starttls(self) -> Reply:
@@ -197,14 +203,7 @@ class SmtpPolicy:
         return replies.TLS_READY
 
     async def _decide(self, ev: object) -> Reply | None:
-        if isinstance(ev, eng.Auth):
-            return await self.auth_start(ev)
-        if isinstance(ev, eng.AuthLine):
-            if self._sasl is None:
-                return sasl.CANCELLED
-            return await self.auth_step(self._sasl.step(ev.line))
-        if isinstance(ev, eng.Mail):
-            return self.mail(ev)
+        """The events whose answer waits for the lookup service or the queue."""
         if isinstance(ev, eng.Rcpt):
             return await self.rcpt(ev)
         if isinstance(ev, eng.Data | eng.Bdat):
@@ -218,28 +217,29 @@ class SmtpPolicy:
             if not ev.last:
                 return Reply(250, f"{ev.size} octets received")
             return await self.end_data(ev.too_big, ev.hops)
-        if isinstance(ev, eng.BareLineFeed):
-            self.reset()
-            return Reply(451, "See http://pobox.com/~djb/docs/smtplf.html.")
-        if isinstance(ev, eng.Rset):
-            self.reset()
-            return Reply(250, "flushed")
-        if isinstance(ev, eng.Noop):
-            return Reply(250, "ok")
-        if isinstance(ev, eng.Vrfy):
-            return Reply(252, "send some mail, i'll try my best")
-        if isinstance(ev, eng.Help):
-            return Reply(214, "pyqmail home page: https://github.com/pyqmail")
-        if isinstance(ev, eng.Quit):
-            self.reset()
-            self.quit_seen = True
-            return Reply(221, self.cfg.greeting)
-        if isinstance(ev, eng.Rejected):
-            return ev.reply
-        if isinstance(ev, eng.ConnectionClosed):
-            self.reset()
-            return None
-        return Reply(502, "unimplemented (#5.5.1)")
+        if isinstance(ev, eng.Auth):
+            return await self.auth_start(ev)
+        if isinstance(ev, eng.AuthLine):
+            if self._sasl is None:
+                return sasl.CANCELLED
+            return await self.auth_step(self._sasl.step(ev.line))
+        return replies.UNIMPLEMENTED
+
+    def bare_line_feed(self, ev: eng.BareLineFeed) -> Reply:
+        self.reset()
+        return replies.BARE_LF
+
+    def rset(self, ev: eng.Rset) -> Reply:
+        self.reset()
+        return replies.FLUSHED
+
+    def quit(self, ev: eng.Quit) -> Reply:
+        self.reset()
+        self.quit_seen = True
+        return session_reply(221, self.cfg.greeting)
+
+    def closed(self, ev: eng.ConnectionClosed) -> None:
+        self.reset()
 
     # -- AUTH (RFC 4954) ----------------------------------------------------------
     async def auth_start(self, ev: eng.Auth) -> Reply:
@@ -310,7 +310,7 @@ class SmtpPolicy:
             return NEEDS_SMTPUTF8
         self.txn.sender = ev.address
         self.txn.utf8 = utf8
-        return Reply(250, "ok")
+        return replies.OK
 
     async def rcpt(self, ev: eng.Rcpt) -> Reply:
         if ev.params:
@@ -335,7 +335,7 @@ class SmtpPolicy:
         if len(rcpt) >= env_fmt.MAX_ADDRESS_BYTES:
             return Reply(553, "sorry, that address is too long (#5.1.3)")
         self.txn.recipients.append(rcpt)
-        return Reply(250, "ok")
+        return replies.OK
 
     async def start_data(self, ev: eng.Data | eng.Bdat) -> Reply | None:
         if self.txn.submission is None and self.txn.failed is None:
@@ -348,7 +348,7 @@ class SmtpPolicy:
             else:
                 await self.txn.submission.write(received_line(self.client, self.helo, time.time()))
         if isinstance(ev, eng.Data):
-            return Reply(354, "go ahead")
+            return replies.GO_AHEAD
         return None  # BDAT: the reply comes with BdatEnd
 
     async def chunk(self, data: bytes) -> None:
@@ -381,3 +381,19 @@ class SmtpPolicy:
         finally:
             if sub is not None:
                 sub.abort()
+
+
+# Events answered without waiting for anything (SmtpPolicy.decide).
+_DECIDED_AT_ONCE: dict[type, Callable[[SmtpPolicy, Any], Reply | None]] = {
+    eng.Mail: SmtpPolicy.mail,
+    eng.Rset: SmtpPolicy.rset,
+    eng.Quit: SmtpPolicy.quit,
+    eng.Noop: lambda policy, ev: replies.OK,
+    eng.Vrfy: lambda policy, ev: replies.VRFY,
+    eng.Help: lambda policy, ev: HELP,
+    eng.Rejected: lambda policy, ev: ev.reply,
+    eng.Unknown: lambda policy, ev: replies.UNIMPLEMENTED,
+    eng.BareLineFeed: SmtpPolicy.bare_line_feed,
+    eng.ConnectionClosed: SmtpPolicy.closed,
+}
+_STATUS_IF_POSITIVE = {eng.Mail: "2.1.0", eng.Rcpt: "2.1.5"}  # RFC 3463 §3.2

@@ -15,6 +15,7 @@ import asyncio
 import os
 
 from pyqmail.config import Home, SmtpdConfig
+from pyqmail.ipc import lookup
 from pyqmail.net.peer import client_for
 from pyqmail.net.stdio import FdReader, FdWriter
 from pyqmail.smtpd.policy import SmtpPolicy
@@ -31,7 +32,10 @@ async def _run(home: Home) -> int:
     assert client is not None  # no rules here: tcpserver already applied its own
     service = service_for(home, cfg, submission=False)
     policy = SmtpPolicy(cfg, client, queue_for(client, home), service)
-    await serve_smtp(reader, writer, policy)
+    try:
+        await serve_smtp(reader, writer, policy)
+    finally:
+        lookup.close_all()
     return 0 if policy.quit_seen else 1
 
 

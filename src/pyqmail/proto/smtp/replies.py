@@ -8,7 +8,8 @@ they know. Enhanced status codes go in qmail's "(#x.y.z)" suffix.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import lru_cache
 
 MIN_CODE = 200
 MAX_CODE = 599
@@ -25,12 +26,18 @@ class Reply:
 
     code: int
     text: str
+    # the wire form, made once: the fixed replies below are sent over and over
+    _wire: bytes = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if type(self.code) is not int or not MIN_CODE <= self.code <= MAX_CODE:
             raise ValueError(f"reply code {self.code!r} is not in {MIN_CODE}..{MAX_CODE}")
         if "\r" in self.text or "\0" in self.text:
             raise ValueError("reply text must not contain CR or NUL")
+        lines = self.text.split("\n")
+        out = [b"%d-%s\r\n" % (self.code, line.encode("utf-8")) for line in lines[:-1]]
+        out.append(b"%d %s\r\n" % (self.code, lines[-1].encode("utf-8")))
+        object.__setattr__(self, "_wire", b"".join(out))
 
     @property
     def is_positive(self) -> bool:
@@ -39,10 +46,7 @@ class Reply:
 
     def to_bytes(self) -> bytes:
         """Wire form: "250-a\\r\\n250 b\\r\\n" (RFC 5321 §4.2.1 multi-line)."""
-        lines = self.text.split("\n")
-        out = [b"%d-%s\r\n" % (self.code, line.encode("utf-8")) for line in lines[:-1]]
-        out.append(b"%d %s\r\n" % (self.code, lines[-1].encode("utf-8")))
-        return b"".join(out)
+        return self._wire
 
 
 # qmail-smtpd's own replies (§9.2).
@@ -91,6 +95,7 @@ AUTH_IN_TRANSACTION = Reply(503, "no AUTH during a mail transaction (#5.5.1)")
 _SUFFIX = re.compile(r" ?\(#([245]\.[0-9]{1,3}\.[0-9]{1,3})\)\Z")
 
 
+@lru_cache(maxsize=256)  # the same few replies, once per command of every EHLO session
 def with_status_code(reply: Reply, default: str | None = None) -> Reply:
     """The reply with an RFC 2034 enhanced status code before each line's text.
 
