@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from typing import cast
 
 from pyqmail.formats import netstring
 from pyqmail.ipc.frames import FrameBuffer, pack
@@ -74,14 +75,15 @@ class _Connection(asyncio.Protocol):
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._frames = FrameBuffer(MAX_ANSWER_BYTES)
-        self._transport: asyncio.BaseTransport | None = None
+        self._transport: asyncio.Transport | None = None
         self._waiter: asyncio.Future[bytes] | None = None
         self._deadline = 0.0  # of the question in flight
         self._timer: asyncio.TimerHandle | None = None
         self.usable = False  # open, and no answer outstanding or out of step
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport
+        # uvloop's transports do not inherit from asyncio's classes: no isinstance
+        self._transport = cast(asyncio.Transport, transport)
         self.usable = True
 
     def data_received(self, data: bytes) -> None:
@@ -133,7 +135,7 @@ class _Connection(asyncio.Protocol):
     async def ask(self, request: bytes, deadline: float) -> bytes:
         """The answer's payload; raises OSError, TimeoutError or NetstringError."""
         transport = self._transport
-        if not self.usable or not isinstance(transport, asyncio.WriteTransport):
+        if not self.usable or transport is None:
             raise HungUp("the lookup service hung up")
         self.usable = False  # until the answer is in: a cancelled question leaves it out of step
         waiter = self._loop.create_future()

@@ -28,6 +28,7 @@ import asyncio
 import os
 import signal
 from collections import deque
+from typing import cast
 
 from pyqmail.auth.runner import Verdict, check_password
 from pyqmail.config import Home, SendConfig, SmtpdConfig
@@ -113,8 +114,9 @@ class LookupConnection(asyncio.Protocol):
         self.last = self.loop.time()
         self.timer: asyncio.TimerHandle | None = None
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+    def connection_made(self, base: asyncio.BaseTransport) -> None:
+        # uvloop's transports do not inherit from asyncio's classes: no isinstance
+        transport = cast(asyncio.Transport, base)
         sock = transport.get_extra_info("socket")
         if sock is None or not peer_allowed(sock, self.lookup.allowed):
             transport.close()

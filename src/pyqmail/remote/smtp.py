@@ -27,7 +27,7 @@ import asyncio
 import contextlib
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from pyqmail.net.streams import Reader, Writer
 from pyqmail.net.tls import TlsError, TlsStream
@@ -155,8 +155,9 @@ class Session:
         with contextlib.suppress(OSError, RuntimeError):
             self.wr.close()  # under TLS: close_notify, then the TCP stream
         self.writer.close()
-        if self.broken and isinstance(self.raw, asyncio.Transport):
-            self.raw.abort()
+        if self.broken and self.raw is not None:
+            # uvloop's transports do not inherit from asyncio's classes: no isinstance
+            cast(asyncio.Transport, self.raw).abort()
 
     async def wait_closed(self) -> None:
         with contextlib.suppress(OSError, RuntimeError):  # ssl.SSLError is an OSError
