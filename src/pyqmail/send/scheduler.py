@@ -83,16 +83,18 @@ from pyqmail.formats import envelope as env_fmt
 from pyqmail.formats.address import domain_of, verp_sender
 from pyqmail.formats.qsbmf import GIVE_UP, Failure, format_bounce_record, parse_bounce_file
 from pyqmail.ipc.links import Link
-from pyqmail.ipc.queue_proto import AsyncSubmission
+from pyqmail.ipc.queue_proto import ENVELOPE_LIMIT, AsyncSubmission
 from pyqmail.listing import hold_path
 from pyqmail.send.bounce import build_bounce
 from pyqmail.send.classify import classify, next_retry, strip_virtual
 from pyqmail.unix import durable
 from pyqmail.unix.logfmt import clean as logclean
 from pyqmail.unix.logfmt import log
+from pyqmail.unix.readall import read_all
 
 TODO_RESCAN_S = 25 * 60
 TODO_BATCH = 256  # messages preprocessed per loop turn (one fsync batch)
+TODO_LIMIT = 2 * ENVELOPE_LIMIT  # beyond any todo/N the queue writer makes
 FAST_MAX_RCPTS = 100  # larger messages are written out before their first attempt
 FAST, SPILL = 1, 2  # stages of a first attempt from todo/ (Fast.stage)
 STOP_GRACE_S = 3.0
@@ -105,21 +107,23 @@ CHANNELS = ("local", "remote")
 
 
 # Unlinking waits for the journal while a commit runs, often longer than the
-# rest of a delivery's bookkeeping: a finished channel file is removed by one
-# thread, in the order asked, while the loop goes on. Its records are all
-# marked done already, so a restart that still finds it delivers nothing.
+# rest of a delivery's bookkeeping: finished channel files are removed by one
+# thread, in the order asked, while the loop goes on; one hand-over per loop
+# turn, not per file (each costs futex wake-ups). Their records are all
+# marked done already, so a restart that still finds one delivers nothing.
 _UNLINKER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="unlink")
 
 
-def _unlink_logged(path: str) -> None:
-    try:
-        durable.unlink_quiet(path)
-    except OSError as exc:
-        log(f"warning: unable to remove {path}: {exc}")
+def _unlink_logged(paths: list[str]) -> None:
+    for path in paths:
+        try:
+            durable.unlink_quiet(path)
+        except OSError as exc:
+            log(f"warning: unable to remove {path}: {exc}")
 
 
-def unlink_later(path: str) -> Future[None]:
-    return _UNLINKER.submit(_unlink_logged, path)
+def unlink_later(paths: list[str]) -> Future[None]:
+    return _UNLINKER.submit(_unlink_logged, paths)
 
 
 @dataclass(slots=True)
@@ -227,6 +231,7 @@ class Sender:
         )
         self._trigger_fd = -1
         self.dirty: set[str] = set()  # channel files with marks not yet fsynced
+        self.unlinks: list[str] = []  # finished channel files, for unlink_later
         self.tasks: set[asyncio.Task[None]] = set()
 
     # -- helpers ------------------------------------------------------------
@@ -396,8 +401,12 @@ class Sender:
     def _preprocess_one(self, msg_id: int, dirs: set[str], fds: list[int]) -> Msg | None:
         todo_path = self.home.q("todo", str(msg_id))
         try:
-            with open(todo_path, "rb") as fh:
-                todo = env_fmt.parse_todo(fh.read())
+            # os.open, not open(): a buffered file costs three more syscalls
+            fd = os.open(todo_path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                todo = env_fmt.parse_todo(read_all(fd, TODO_LIMIT))
+            finally:
+                os.close(fd)
         except FileNotFoundError:
             return None
         except (OSError, env_fmt.EnvelopeError) as exc:
@@ -756,16 +765,21 @@ class Sender:
         if job is None:
             return
         results = fields[1:]
+        marks: list[int] = []
         for i, rec in enumerate(job.recs):
             res = results[i] if i < len(results) else b"Zreport mangled, will defer"
-            self._record(job, rec, job.dnums[i], res[:1], res[1:REPORT_LIMIT])
+            if self._record(job, rec, job.dnums[i], res[:1], res[1:REPORT_LIMIT]):
+                marks.append(rec.offset)
+        if marks and job.msg.fast is None:
+            self._mark(self.chan_path(job.msg, job.chan.kind), marks)
         job.chan.outstanding -= 1
         if job.chan.outstanding == 0:
             self._pass_done(job.msg, job.chan)
         self.status()
         self.kick()
 
-    def _record(self, job: Job, rec: Rec, dnum: int, status: bytes, text: bytes) -> None:
+    def _record(self, job: Job, rec: Rec, dnum: int, status: bytes, text: bytes) -> bool:
+        """Log one result; True when the recipient is done (to be marked D)."""
         msg, chan = job.msg, job.chan
         if status == b"Z" and chan.final:
             status = b"D"
@@ -786,32 +800,41 @@ class Sender:
                 log(f"delivery {dnum}: report mangled, will defer")
             else:
                 log(f"delivery {dnum}: deferral: {shown}")
-            return
+            return False
         rec.done = True
-        if msg.fast is not None:
-            return  # only in memory until the message finishes or spills
-        path = self.chan_path(msg, chan.kind)
+        return True
+
+    def _mark(self, path: str, offsets: list[int]) -> None:
+        """Flip the records of one job's finished recipients to D: one open."""
         try:
-            fd = os.open(path, os.O_WRONLY)
+            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
             try:
-                os.pwrite(fd, b"D", rec.offset)
+                for offset in offsets:
+                    os.pwrite(fd, b"D", offset)
             finally:
                 os.close(fd)
             self.dirty.add(path)
         except OSError as exc:
             log(f"warning: trouble marking {path}: {exc}; will be delivered twice!")
 
-    def sync_marks(self) -> None:
-        """fsync every channel file marked since the last call (one batch per loop turn)."""
+    async def sync_marks(self) -> None:
+        """Sync every channel file marked since the last call: one round per
+        loop turn, off the loop (replies keep coming in meanwhile)."""
         dirty, self.dirty = self.dirty, set()
-        for path in dirty:
-            try:
-                fd = os.open(path, os.O_RDONLY)
-            except FileNotFoundError:
-                continue  # finished and unlinked: nothing left to redo
-            try:
-                os.fsync(fd)
-            finally:
+        fds: list[int] = []
+        try:
+            for path in dirty:
+                try:
+                    fds.append(os.open(path, os.O_RDONLY | os.O_CLOEXEC))
+                except FileNotFoundError:
+                    continue  # finished and unlinked: nothing left to redo
+            if fds:
+                loop = asyncio.get_running_loop()
+                await loop.run_in_executor(None, durable.fsync_fds_and_dirs, fds, ())
+        except OSError as exc:
+            log(f"warning: unable to sync delivery marks: {exc}")
+        finally:
+            for fd in fds:
                 os.close(fd)
 
     def _pass_done(self, msg: Msg, chan: Chan) -> None:
@@ -830,7 +853,7 @@ class Sender:
         if recs is not None and all(r.done for r in recs):
             path = self.chan_path(msg, chan.kind)
             self.dirty.discard(path)
-            unlink_later(path)
+            self.unlinks.append(path)
             msg.chans.remove(chan)
             if not msg.chans:
                 self._finish(msg)
@@ -1055,7 +1078,11 @@ class Sender:
                 await self.preprocess_todo()
             if self.spills:
                 await self.commit_spills()
-            self.sync_marks()
+            if self.dirty:
+                await self.sync_marks()
+            if self.unlinks:
+                paths, self.unlinks = self.unlinks, []
+                unlink_later(paths)
             delay = self.start_due()
             self.dispatch()
             if self.todo_backlog or self.scan_todo:
@@ -1083,7 +1110,9 @@ class Sender:
             self.wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), 0.05)
-        self.sync_marks()
+        await self.sync_marks()
+        _unlink_logged(self.unlinks)
+        self.unlinks = []
         # keep retry times across the restart, as mtimes of the channel files
         for msg in self.msgs.values():
             for chan in msg.chans:
