@@ -16,6 +16,7 @@ import re
 import signal
 import smtplib
 import subprocess
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +30,7 @@ from tests.harness import (
     wait_until,
     write_control,
 )
+from tests.queuefill import write_todo
 
 
 def _send(mta: RunningMta, sender: str, rcpts: list[str], body: bytes) -> None:
@@ -252,3 +254,17 @@ def test_many_recipients_are_written_out_before_the_first_attempt(home: Path) ->
         wait_until(lambda: os.path.exists(q.split_path("remote", msg_id)), 20, "remote/")
         assert _spilled_remote(home, msg_id) == b"".join(b"T%s\0" % r.encode() for r in rcpts)
         assert os.path.exists(q.split_path("info", msg_id))
+
+
+def test_todo_left_without_mess_is_finished_at_start(home: Path) -> None:
+    """A crash kept clean's removal of mess/S/N but not the todo/N before it:
+    the next send finishes the removal instead of trying a message that
+    has no body (it was delivered: done/N is asked only after that)."""
+    q = Home(str(home))
+    msg_id = int(time.time() * 1000) - 5_000_000
+    write_todo(q, msg_id, b"a@example.org", [b"postmaster@localhost"], b"Subject: gone\n\nx\n")
+    os.unlink(q.split_path("mess", msg_id))
+    with running_mta(home) as mta:
+        wait_until(lambda: not os.path.exists(q.q("todo", str(msg_id))), 20, "todo/N removed")
+        assert f"todo/{msg_id} has no mess: finishing its removal" in mta.log()
+        assert "starting delivery" not in mta.log()
