@@ -153,3 +153,13 @@ def test_done_removes_todo_and_mess_of_a_message_finished_from_todo(home: Home) 
     assert not os.path.exists(home.split_path("mess", 4001))
     assert os.path.exists(home.q("todo", "4002"))
     assert os.path.exists(home.split_path("mess", 4002))
+
+
+def test_done_keeps_the_body_of_a_message_preprocessed_again(home: Home) -> None:
+    """A done/N read late, after a restarted send wrote info/S/N again from
+    the todo/N still there: the body stays for the queued message."""
+    make_message(home, 4005, "todo", "info")
+    with running_clean(home):
+        assert request(home, [b"done/4005"]) == [b"done/4005\0+"]
+    assert not os.path.exists(home.q("todo", "4005"))
+    assert os.path.exists(home.split_path("mess", 4005))

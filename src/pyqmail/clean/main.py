@@ -15,7 +15,9 @@ first attempt straight from todo/ (send/scheduler.py): todo/N first, since
 it is the record that the message is queued, then mess/S/N. A crash between
 the two leaves a body with no names, removed by the writer's start-up and
 by the sweep below (and send finishes the removal if only the second one
-reached the disk).
+reached the disk). mess/S/N stays if info/S/N exists: a done/N read late
+(clean was slow, its send died and a new send already preprocessed todo/N
+again) must not take the body of a message that is queued once more.
 
 Every request read is carried out, even when send is gone and cannot hear
 the answer: the requests are idempotent, and a request dropped would leave
@@ -105,7 +107,8 @@ class Cleaner:
             if kind == b"done":
                 # intd/N became todo/N long ago: no need to look for it
                 durable.unlink_quiet(self.home.q("todo", str(msg_id)))
-                durable.unlink_quiet(self.home.split_path("mess", msg_id))
+                if not _exists(self.home.split_path("info", msg_id)):
+                    durable.unlink_quiet(self.home.split_path("mess", msg_id))
                 return b"+"
             durable.unlink_quiet(self.home.q("intd", str(msg_id)))
             if kind == b"todo":
