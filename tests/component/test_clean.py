@@ -139,3 +139,27 @@ def test_requests_read_are_carried_out_when_send_vanishes(home: Home) -> None:
         assert "send stopped listening" in log.read_text()
         # and it still serves the next send
         assert request(home, [b"todo/3000", b"bogus"]) == [b"todo/3000\0+", b"bogus\0x"]
+
+
+def test_done_removes_todo_and_mess_of_a_message_finished_from_todo(home: Home) -> None:
+    """done/N: a message send finished in its first attempt (no info/) goes
+    whole; other messages' names are untouched; bad ids are refused."""
+    make_message(home, 4001, "todo")
+    make_message(home, 4002, "todo")
+    with running_clean(home):
+        got = request(home, [b"done/4001", b"done/x1", b"done/4003"])
+        assert got == [b"done/4001\0+", b"done/x1\0x", b"done/4003\0+"]  # 4003: long gone
+    assert not os.path.exists(home.q("todo", "4001"))
+    assert not os.path.exists(home.split_path("mess", 4001))
+    assert os.path.exists(home.q("todo", "4002"))
+    assert os.path.exists(home.split_path("mess", 4002))
+
+
+def test_done_keeps_the_body_of_a_message_preprocessed_again(home: Home) -> None:
+    """A done/N read late, after a restarted send wrote info/S/N again from
+    the todo/N still there: the body stays for the queued message."""
+    make_message(home, 4005, "todo", "info")
+    with running_clean(home):
+        assert request(home, [b"done/4005"]) == [b"done/4005\0+"]
+    assert not os.path.exists(home.q("todo", "4005"))
+    assert os.path.exists(home.split_path("mess", 4005))

@@ -1,12 +1,23 @@
 """qmail-clean: remove queue files on send's behalf.
 
 Runs as: qmailq (the invoking user in embedded mode).
-Reads:   commands ``todo/N`` and ``foop/N`` on its Unix socket; the names in
+Reads:   commands ``todo/N``, ``foop/N`` and ``done/N`` on its Unix socket; the names in
          queue/mess, intd, todo, info and pid for its sweeps.
 Writes:  unlinks queue/intd/N, queue/todo/N, queue/mess/S/N and old
          queue/pid files; nothing else.
-Trusts:  nothing: a command must be ``todo/`` or ``foop/`` + digits, 7..100
-         bytes, or it is answered ``x``.
+Trusts:  nothing: a command must be ``todo/``, ``foop/`` or ``done/`` +
+         digits, 7..100 bytes, or it is answered ``x``.
+
+``todo/N`` removes todo/N once send has written info/ and the channel files
+(the commit point of preprocessing); ``foop/N`` removes mess/S/N of a
+message send has finished. ``done/N`` is for a message send finished in its
+first attempt straight from todo/ (send/scheduler.py): todo/N first, since
+it is the record that the message is queued, then mess/S/N. A crash between
+the two leaves a body with no names, removed by the writer's start-up and
+by the sweep below (and send finishes the removal if only the second one
+reached the disk). mess/S/N stays if info/S/N exists: a done/N read late
+(clean was slow, its send died and a new send already preprocessed todo/N
+again) must not take the body of a message that is queued once more.
 
 Every request read is carried out, even when send is gone and cannot hear
 the answer: the requests are idempotent, and a request dropped would leave
@@ -71,7 +82,7 @@ class Cleaner:
         removed_todo: list[int] = []
         for cmd in cmds:
             results.append(self._one(cmd))
-            if cmd.startswith(b"todo/") and results[-1] == b"+":
+            if cmd.startswith((b"todo/", b"done/")) and results[-1] == b"+":
                 removed_todo.append(len(results) - 1)
         if removed_todo:
             try:
@@ -86,13 +97,19 @@ class Cleaner:
         if not 7 <= len(cmd) <= 100:
             return b"x"
         kind, _, digits = cmd.partition(b"/")
-        if kind not in (b"todo", b"foop") or not digits.isdigit():
+        if kind not in (b"todo", b"foop", b"done") or not digits.isdigit():
             return b"x"
         if self.count % SWEEP_EVERY == 0:
             self.sweep_pid()
         self.count += 1
         msg_id = int(digits)
         try:
+            if kind == b"done":
+                # intd/N became todo/N long ago: no need to look for it
+                durable.unlink_quiet(self.home.q("todo", str(msg_id)))
+                if not _exists(self.home.split_path("info", msg_id)):
+                    durable.unlink_quiet(self.home.split_path("mess", msg_id))
+                return b"+"
             durable.unlink_quiet(self.home.q("intd", str(msg_id)))
             if kind == b"todo":
                 durable.unlink_quiet(self.home.q("todo", str(msg_id)))

@@ -15,7 +15,7 @@ import sys
 
 from pyqmail.config import Home
 from pyqmail.ipc.control_proto import request
-from pyqmail.listing import describe, queued_ids
+from pyqmail.listing import Classify, describe, queued_ids, todo_ids
 
 EXIT = {"K": 0, "D": 100, "Z": 111}
 SHOW_LIMIT = 1 << 30
@@ -51,21 +51,37 @@ def cmd_queue(args: argparse.Namespace) -> int:
     return EXIT[reply.status]
 
 
+def _classifier(home: Home) -> Classify | None:
+    """Recipients of a message with only todo/N, channelled as send will;
+    None (such messages are left out) when the controls cannot be read."""
+    from pyqmail.config import SendConfig
+    from pyqmail.formats.control import ControlError
+    from pyqmail.send.classify import classify
+
+    try:
+        cfg = SendConfig.load(home)
+    except (OSError, ControlError) as exc:
+        print(f"pyqmail queue: messages in todo/ left out: {exc}", file=sys.stderr)
+        return None
+    return lambda rcpt: classify(rcpt, cfg)
+
+
 def _list(home: Home) -> int:
     try:
-        ids = queued_ids(home)
+        ids = sorted(set(queued_ids(home)) | set(todo_ids(home)))
     except OSError as exc:
         print(f"pyqmail queue list: unable to read the queue: {exc}", file=sys.stderr)
         return 111
+    classify = _classifier(home)
     for msg_id in ids:
-        lines = describe(home, msg_id)
+        lines = describe(home, msg_id, classify=classify)
         if lines:
             print("\n".join(lines))
     return 0
 
 
 def _show(home: Home, msg_id: int) -> int:
-    lines = describe(home, msg_id)
+    lines = describe(home, msg_id, classify=_classifier(home))
     if lines is None:
         print(f"pyqmail queue show: no message {msg_id} in the queue", file=sys.stderr)
         return 100

@@ -23,6 +23,37 @@ Theory of operation (qmail-files §6):
   way round and leaves mess/S/N to a daily scan after an ill-timed crash).
   Operator holds are queue/hold/N; deletes drop the bounce first.
 
+First attempt from todo/ (most mail is delivered at its first try, so
+writing info/ and channel files, syncing them and asking clean to remove
+todo/N is work thrown away a few milliseconds later):
+  A new message with at most FAST_MAX_RCPTS recipients is delivered straight
+  from todo/N, its recipients' state only in memory (Msg.fast). If every
+  recipient succeeds, ONE clean request (``done/N``) removes todo/N, then
+  mess/S/N. Otherwise, once every channel's first pass has reported, the
+  message "spills": info/S/N, the channel files (D for recipients already
+  done) and bounce/N (the permanent failures) are written exactly as
+  preprocessing writes them, synced, and clean removes todo/N as for any
+  new message; from there it is an ordinary queued message.
+  Crashes: until clean removes todo/N, todo/N is the only record, and a
+  restart preprocesses it again from scratch (any spill files are removed
+  first). Remote recipients done in the lost attempt are then delivered
+  again: the window qmail and the ordinary path have between a remote
+  success and its D mark, stretched to the first attempt. Local delivery
+  stays exactly once (DESIGN.md 1a) because a re-run attempt is always
+  flagged "maybe done": every todo/N present when send starts is in
+  Sender.inherited and gets the ordinary path with maybe_done set, whatever
+  files it has; only mail that reached todo/ after this send listed it (so
+  no earlier send can have seen it) is tried without that flag. A todo/N
+  whose done/N clean could not carry out joins inherited too. The Maildir
+  name of a local delivery contains birth, so birth must not move between
+  attempts: it is mess/S/N's mtime (the writer's, never touched again), and
+  info/S/N is given that mtime when written. Large messages (fan-out) take
+  the ordinary path, so a crash never repeats thousands of remote deliveries.
+  Operator commands see the message in msgs: hold and delete stop jobs not
+  yet started; a held message spills once its running jobs report, a
+  deleted one is removed with done/N; retry and release take effect when it
+  spills. ``pyqmail queue list`` shows it from todo/N.
+
 Large queues: memory holds one small record per message and channel (its
 next pass time); a channel file is read when its pass starts and forgotten
 when the pass ends, as qmail does, and the sender and birth are read from
@@ -52,16 +83,20 @@ from pyqmail.formats import envelope as env_fmt
 from pyqmail.formats.address import domain_of, verp_sender
 from pyqmail.formats.qsbmf import GIVE_UP, Failure, format_bounce_record, parse_bounce_file
 from pyqmail.ipc.links import Link
-from pyqmail.ipc.queue_proto import AsyncSubmission
+from pyqmail.ipc.queue_proto import ENVELOPE_LIMIT, AsyncSubmission
 from pyqmail.listing import hold_path
 from pyqmail.send.bounce import build_bounce
 from pyqmail.send.classify import classify, next_retry, strip_virtual
 from pyqmail.unix import durable
 from pyqmail.unix.logfmt import clean as logclean
 from pyqmail.unix.logfmt import log
+from pyqmail.unix.readall import read_all
 
 TODO_RESCAN_S = 25 * 60
 TODO_BATCH = 256  # messages preprocessed per loop turn (one fsync batch)
+TODO_LIMIT = 2 * ENVELOPE_LIMIT  # beyond any todo/N the queue writer makes
+FAST_MAX_RCPTS = 100  # larger messages are written out before their first attempt
+FAST, SPILL = 1, 2  # stages of a first attempt from todo/ (Fast.stage)
 STOP_GRACE_S = 3.0
 REPORT_LIMIT = 10000
 BOUNCE_RETRY_S = 60.0
@@ -72,21 +107,23 @@ CHANNELS = ("local", "remote")
 
 
 # Unlinking waits for the journal while a commit runs, often longer than the
-# rest of a delivery's bookkeeping: a finished channel file is removed by one
-# thread, in the order asked, while the loop goes on. Its records are all
-# marked done already, so a restart that still finds it delivers nothing.
+# rest of a delivery's bookkeeping: finished channel files are removed by one
+# thread, in the order asked, while the loop goes on; one hand-over per loop
+# turn, not per file (each costs futex wake-ups). Their records are all
+# marked done already, so a restart that still finds one delivers nothing.
 _UNLINKER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="unlink")
 
 
-def _unlink_logged(path: str) -> None:
-    try:
-        durable.unlink_quiet(path)
-    except OSError as exc:
-        log(f"warning: unable to remove {path}: {exc}")
+def _unlink_logged(paths: list[str]) -> None:
+    for path in paths:
+        try:
+            durable.unlink_quiet(path)
+        except OSError as exc:
+            log(f"warning: unable to remove {path}: {exc}")
 
 
-def unlink_later(path: str) -> Future[None]:
-    return _UNLINKER.submit(_unlink_logged, path)
+def unlink_later(paths: list[str]) -> Future[None]:
+    return _UNLINKER.submit(_unlink_logged, paths)
 
 
 @dataclass(slots=True)
@@ -109,6 +146,17 @@ class Chan:
 
 
 @dataclass(slots=True)
+class Fast:
+    """A message in its first attempt from todo/N: no info or channel files yet."""
+
+    birth_ns: int  # mess/S/N's mtime: info/S/N gets it if the message spills
+    uid: int
+    pid: int
+    stage: int = FAST  # SPILL: written out, waiting for the sync and clean's todo/N
+    failures: list[bytes] = field(default_factory=list)  # bounce records, kept until a spill
+
+
+@dataclass(slots=True)
 class Msg:
     msg_id: int
     chans: list[Chan]  # a list, not a dict: a third of the size, kept for every message
@@ -118,6 +166,7 @@ class Msg:
     held: bool = False
     deleted: bool = False
     finishing: bool = False
+    fast: Fast | None = None  # set only during a first attempt from todo/
 
     def chan(self, kind: str) -> Chan | None:
         for c in self.chans:
@@ -150,6 +199,12 @@ class Sender:
         self.removing: set[int] = set()  # foop/N asked, info/S/N not yet unlinked
         self.todo_backlog: deque[int] = deque()
         self.todo_known: set[int] = set()
+        # todo/N that an earlier send may have started delivering (see the
+        # module docstring): never a first attempt from todo/, always maybe done
+        self.inherited: set[int] = set()
+        self.spills: list[Msg] = []  # written out, not yet synced
+        self.spill_fds: list[int] = []
+        self.spill_dirs: set[str] = set()
         self.dnum = 0
         self.job_seq = 0
         self.wake = asyncio.Event()
@@ -176,6 +231,7 @@ class Sender:
         )
         self._trigger_fd = -1
         self.dirty: set[str] = set()  # channel files with marks not yet fsynced
+        self.unlinks: list[str] = []  # finished channel files, for unlink_later
         self.tasks: set[asyncio.Task[None]] = set()
 
     # -- helpers ------------------------------------------------------------
@@ -295,6 +351,7 @@ class Sender:
             and int(n) not in self.msgs
             and int(n) not in self.preprocessing
             and int(n) not in self.todo_known
+            and int(n) not in self.removing  # finished from todo/: clean is removing it
         )
         self.todo_backlog.extend(fresh)
         self.todo_known.update(fresh)
@@ -303,12 +360,15 @@ class Sender:
         batch: list[Msg] = []
         dirs: set[str] = set()
         fds: list[int] = []
+        count = 0
+        now = time.time()
         try:
-            while self.todo_backlog and len(batch) < TODO_BATCH:
+            while self.todo_backlog and count < TODO_BATCH:
                 msg_id = self.todo_backlog.popleft()
                 self.todo_known.discard(msg_id)
                 if msg_id in self.preprocessing or msg_id in self.msgs:
                     continue
+                count += 1
                 # in preprocessing until clean's reply puts it in msgs, so the
                 # loader never mistakes its fresh info/ for an old message
                 self.preprocessing.add(msg_id)
@@ -316,9 +376,15 @@ class Sender:
                 try:
                     msg = self._preprocess_one(msg_id, dirs, fds)
                 finally:
-                    if msg is None:
+                    if msg is None or msg.fast is not None:
                         self.preprocessing.discard(msg_id)
-                if msg is not None:
+                if msg is None:
+                    continue
+                if msg.fast is not None:
+                    self.msgs[msg_id] = msg  # first attempt straight from todo/N
+                    for chan in msg.chans:
+                        self.schedule(msg, chan, now)
+                else:
                     batch.append(msg)
             if not batch:
                 return
@@ -335,44 +401,181 @@ class Sender:
     def _preprocess_one(self, msg_id: int, dirs: set[str], fds: list[int]) -> Msg | None:
         todo_path = self.home.q("todo", str(msg_id))
         try:
-            with open(todo_path, "rb") as fh:
-                todo = env_fmt.parse_todo(fh.read())
-            size = os.stat(self.home.split_path("mess", msg_id)).st_size
+            # os.open, not open(): a buffered file costs three more syscalls
+            fd = os.open(todo_path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                todo = env_fmt.parse_todo(read_all(fd, TODO_LIMIT))
+            finally:
+                os.close(fd)
         except FileNotFoundError:
             return None
         except (OSError, env_fmt.EnvelopeError) as exc:
             log(f"warning: trouble with todo/{msg_id}: {exc}")
             return None
+        inherited = msg_id in self.inherited
+        self.inherited.discard(msg_id)
+        try:
+            st = os.stat(self.home.split_path("mess", msg_id))
+        except OSError as exc:
+            if isinstance(exc, FileNotFoundError) and inherited:
+                # clean removes todo/N before mess/S/N, but a crash may keep
+                # only the second removal: every delivery was done
+                log(f"info: todo/{msg_id} has no mess: finishing its removal")
+                self.removing.add(msg_id)
+                self._clean_request(b"done/%d" % msg_id, None)
+            else:
+                log(f"warning: trouble with todo/{msg_id}: {exc}")
+            return None
         log(f"new msg {msg_id}")
         sender = logclean(todo.sender.decode("utf-8", "replace"))
-        log(f"info msg {msg_id}: bytes {size} from <{sender}> qp {todo.pid} uid {todo.uid}")
-        maybe_done = False
-        for kind in ("info", *CHANNELS):
-            maybe_done |= durable.unlink_quiet(self.home.split_path(kind, msg_id))
+        log(f"info msg {msg_id}: bytes {st.st_size} from <{sender}> qp {todo.pid} uid {todo.uid}")
         lists: dict[str, list[bytes]] = {c: [] for c in CHANNELS}
         for rcpt in todo.recipients:
             kind, addr = classify(rcpt, self.cfg)
             lists[kind].append(addr)
-        info_path = self.home.split_path("info", msg_id)
-        info = env_fmt.QueuedEnvelope(todo.uid, todo.pid, todo.sender, ())
-        fds.append(durable.create_exclusive(info_path))
-        durable.write_all(fds[-1], env_fmt.format_todo(info))
-        dirs.add(os.path.dirname(info_path))
+        # birth is mess/S/N's mtime, which no crash or retry changes: it is
+        # part of every local delivery's Maildir name, so a redelivery after a
+        # crash finds the earlier copy (info/S/N is given the same mtime)
         now = time.time()
-        birth = os.fstat(fds[-1]).st_mtime
-        msg = Msg(msg_id, [], maybe_done, birth=birth, sender=todo.sender)
+        if not inherited and len(todo.recipients) <= FAST_MAX_RCPTS:
+            fast = Fast(st.st_mtime_ns, todo.uid, todo.pid)
+            msg = Msg(msg_id, [], False, st.st_mtime, todo.sender, fast=fast)
+            for kind in CHANNELS:
+                if lists[kind]:
+                    recs = [Rec(a, 0, False) for a in lists[kind]]
+                    msg.chans.append(Chan(kind, now, recs))
+            return msg
+        if inherited:
+            self._drop_leftovers(msg_id)
+        msg = Msg(msg_id, [], inherited, st.st_mtime, todo.sender)
+        msg.held = inherited and os.path.exists(hold_path(self.home, msg_id))
+        info = env_fmt.QueuedEnvelope(todo.uid, todo.pid, todo.sender, ())
+        try:
+            self._write_info(msg, st.st_mtime_ns, env_fmt.format_todo(info), fds, dirs)
+        except FileExistsError:
+            # not expected for mail that came after start-up; be safe anyway
+            self._drop_leftovers(msg_id)
+            msg.maybe_done = True
+            self._write_info(msg, st.st_mtime_ns, env_fmt.format_todo(info), fds, dirs)
         for kind in CHANNELS:
             if not lists[kind]:
                 continue
-            path = self.home.split_path(kind, msg_id)
             data = b"".join(b"T" + a + b"\0" for a in lists[kind])
-            fds.append(durable.create_exclusive(path))
-            durable.write_all(fds[-1], data)
-            dirs.add(os.path.dirname(path))
+            self._write_new(self.chan_path(msg, kind), data, fds, dirs)
             offsets = env_fmt.channel_offsets(data)
             recs = [Rec(a, o, False) for a, o in zip(lists[kind], offsets, strict=True)]
             msg.chans.append(Chan(kind, now, recs, saved_time=now))
         return msg
+
+    def _drop_leftovers(self, msg_id: int) -> None:
+        """Files of an earlier, uncommitted preprocessing or spill of todo/N."""
+        for kind in ("info", *CHANNELS):
+            durable.unlink_quiet(self.home.split_path(kind, msg_id))
+        durable.unlink_quiet(self.home.q("bounce", str(msg_id)))
+
+    @staticmethod
+    def _write_new(path: str, data: bytes, fds: list[int], dirs: set[str]) -> None:
+        fds.append(durable.create_exclusive(path))
+        durable.write_all(fds[-1], data)
+        dirs.add(os.path.dirname(path))
+
+    def _write_info(
+        self, msg: Msg, birth_ns: int, data: bytes, fds: list[int], dirs: set[str]
+    ) -> None:
+        self._write_new(self.home.split_path("info", msg.msg_id), data, fds, dirs)
+        os.utime(fds[-1], ns=(birth_ns, birth_ns))
+
+    # -- first attempts from todo/ ------------------------------------------------
+    @staticmethod
+    def _fast_idle(msg: Msg) -> bool:
+        """Every channel's first pass has ended (or will not start: held, deleted)."""
+        stopped = msg.held or msg.deleted
+        return all(c.outstanding == 0 and (c.pass_start or stopped) for c in msg.chans)
+
+    def _settle(self, msg: Msg) -> None:
+        """The first attempt is over: finish the message, or spill it to disk."""
+        fast = msg.fast
+        assert fast is not None
+        assert fast.stage == FAST
+        msg.chans = [c for c in msg.chans if not all(r.done for r in c.recs or ())]
+        if not msg.chans and not fast.failures:
+            msg.finishing = True
+            self._remove(msg)
+            return
+        fast.stage = SPILL
+        fds: list[int] = []
+        try:
+            info = env_fmt.QueuedEnvelope(fast.uid, fast.pid, msg.sender or b"", ())
+            try:
+                self._write_info(
+                    msg, fast.birth_ns, env_fmt.format_todo(info), fds, self.spill_dirs
+                )
+            except FileExistsError:  # not expected: nothing but us writes it
+                self._drop_leftovers(msg.msg_id)
+                self._write_info(
+                    msg, fast.birth_ns, env_fmt.format_todo(info), fds, self.spill_dirs
+                )
+            for chan in msg.chans:
+                recs = chan.recs or []
+                data = b"".join((b"D" if r.done else b"T") + r.addr + b"\0" for r in recs)
+                self._write_new(self.chan_path(msg, chan.kind), data, fds, self.spill_dirs)
+                chan.recs = None  # read again at its next pass, as for any queued message
+            if fast.failures:
+                path = self.home.q("bounce", str(msg.msg_id))
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+                fds.append(fd)
+                durable.write_all(fd, b"".join(fast.failures))
+                self.spill_dirs.add(os.path.dirname(path))
+        except OSError as exc:
+            for fd in fds:
+                os.close(fd)
+            self._spill_failed(msg, exc)
+            return
+        self.spill_fds.extend(fds)
+        self.spills.append(msg)
+        self.kick()
+
+    def _spill_failed(self, msg: Msg, exc: OSError) -> None:
+        # todo/N stays: its next preprocessing (at the next todo/ scan or
+        # start-up) delivers again, local deliveries as maybe done
+        log(f"alert: unable to write out msg {msg.msg_id}: {exc}; will try it again later")
+        self.msgs.pop(msg.msg_id, None)
+        self.inherited.add(msg.msg_id)
+
+    async def commit_spills(self) -> None:
+        """One sync for every spill written since the last, then clean's todo/N."""
+        spills, self.spills = self.spills, []
+        fds, self.spill_fds = self.spill_fds, []
+        dirs, self.spill_dirs = self.spill_dirs, set()
+        try:
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(None, durable.fsync_fds_and_dirs, fds, dirs)
+        except OSError as exc:
+            for msg in spills:
+                self._spill_failed(msg, exc)
+            return
+        finally:
+            for fd in fds:
+                os.close(fd)
+        for msg in spills:
+            self._clean_request(b"todo/%d" % msg.msg_id, msg)
+
+    def _spilled(self, msg: Msg, ok: bool) -> None:
+        """clean's answer to a spill's todo/N: the message is an ordinary one now."""
+        if not ok:
+            self._spill_failed(msg, OSError("qmail-clean could not remove todo"))
+            return
+        msg.fast = None
+        if msg.deleted:
+            self._delete_if_idle(msg)
+            return
+        if not msg.chans:
+            self._finish(msg)
+            return
+        if not msg.held:
+            for chan in msg.chans:
+                self.schedule(msg, chan, chan.next_time)
+        self.kick()
 
     # -- clean ---------------------------------------------------------------------
     def _clean_request(self, cmd: bytes, msg: Msg | None) -> None:
@@ -400,6 +603,17 @@ class Sender:
             if result == b"+":
                 durable.unlink_quiet(self.home.split_path("info", msg.msg_id))
             return  # else info/ stays, and the next start-up finishes it again
+        if cmd.startswith(b"done/"):
+            msg_id = int(cmd[5:])
+            self.removing.discard(msg_id)
+            if result != b"+":
+                # todo/N may still be there: found again, it is delivered as
+                # maybe done, so no local copy is made twice
+                self.inherited.add(msg_id)
+            return
+        if cmd.startswith(b"todo/") and msg is not None and msg.fast is not None:
+            self._spilled(msg, result == b"+")
+            return
         if cmd.startswith(b"todo/") and msg is not None:
             self.preprocessing.discard(msg.msg_id)
             if result != b"+":
@@ -408,7 +622,8 @@ class Sender:
             if not msg.chans:
                 self._finish(msg)
             for chan in msg.chans:
-                self.schedule(msg, chan, time.time())
+                if not msg.held:
+                    self.schedule(msg, chan, time.time())
             self.kick()
 
     # -- passes and jobs -----------------------------------------------------------
@@ -430,7 +645,7 @@ class Sender:
                 chan = msg.chan(kind) if msg else None
                 if msg is None or chan is None or chan.outstanding or chan.next_time != when:
                     continue  # a stale entry: rescheduled, finished or running
-                if msg.held or msg.deleted:
+                if msg.held or msg.deleted or (msg.fast is not None and msg.fast.stage == SPILL):
                     continue
                 self._start_pass(msg, chan, now)
         return delay
@@ -550,18 +765,22 @@ class Sender:
         if job is None:
             return
         results = fields[1:]
+        marks: list[int] = []
         for i, rec in enumerate(job.recs):
             res = results[i] if i < len(results) else b"Zreport mangled, will defer"
-            self._record(job, rec, job.dnums[i], res[:1], res[1:REPORT_LIMIT])
+            if self._record(job, rec, job.dnums[i], res[:1], res[1:REPORT_LIMIT]):
+                marks.append(rec.offset)
+        if marks and job.msg.fast is None:
+            self._mark(self.chan_path(job.msg, job.chan.kind), marks)
         job.chan.outstanding -= 1
         if job.chan.outstanding == 0:
             self._pass_done(job.msg, job.chan)
         self.status()
         self.kick()
 
-    def _record(self, job: Job, rec: Rec, dnum: int, status: bytes, text: bytes) -> None:
+    def _record(self, job: Job, rec: Rec, dnum: int, status: bytes, text: bytes) -> bool:
+        """Log one result; True when the recipient is done (to be marked D)."""
         msg, chan = job.msg, job.chan
-        path = self.chan_path(msg, chan.kind)
         if status == b"Z" and chan.final:
             status = b"D"
             text = text.rstrip(b"\n") + b"\n" + GIVE_UP + b"\n"
@@ -570,40 +789,63 @@ class Sender:
             log(f"delivery {dnum}: success: {shown}")
         elif status == b"D":
             log(f"delivery {dnum}: failure: {shown}")
-            rcpt = strip_virtual(rec.addr, self.cfg)
-            with open(self.home.q("bounce", str(msg.msg_id)), "ab") as fh:
-                fh.write(format_bounce_record(Failure(rcpt, text)))
+            record = format_bounce_record(Failure(strip_virtual(rec.addr, self.cfg), text))
+            if msg.fast is not None:
+                msg.fast.failures.append(record)  # written out by the spill
+            else:
+                with open(self.home.q("bounce", str(msg.msg_id)), "ab") as fh:
+                    fh.write(record)
         else:
             if status != b"Z":
                 log(f"delivery {dnum}: report mangled, will defer")
             else:
                 log(f"delivery {dnum}: deferral: {shown}")
-            return
+            return False
         rec.done = True
+        return True
+
+    def _mark(self, path: str, offsets: list[int]) -> None:
+        """Flip the records of one job's finished recipients to D: one open."""
         try:
-            fd = os.open(path, os.O_WRONLY)
+            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
             try:
-                os.pwrite(fd, b"D", rec.offset)
+                for offset in offsets:
+                    os.pwrite(fd, b"D", offset)
             finally:
                 os.close(fd)
             self.dirty.add(path)
         except OSError as exc:
             log(f"warning: trouble marking {path}: {exc}; will be delivered twice!")
 
-    def sync_marks(self) -> None:
-        """fsync every channel file marked since the last call (one batch per loop turn)."""
+    async def sync_marks(self) -> None:
+        """Sync every channel file marked since the last call: one round per
+        loop turn, off the loop (replies keep coming in meanwhile)."""
         dirty, self.dirty = self.dirty, set()
-        for path in dirty:
-            try:
-                fd = os.open(path, os.O_RDONLY)
-            except FileNotFoundError:
-                continue  # finished and unlinked: nothing left to redo
-            try:
-                os.fsync(fd)
-            finally:
+        fds: list[int] = []
+        try:
+            for path in dirty:
+                try:
+                    fds.append(os.open(path, os.O_RDONLY | os.O_CLOEXEC))
+                except FileNotFoundError:
+                    continue  # finished and unlinked: nothing left to redo
+            if fds:
+                loop = asyncio.get_running_loop()
+                await loop.run_in_executor(None, durable.fsync_fds_and_dirs, fds, ())
+        except OSError as exc:
+            log(f"warning: unable to sync delivery marks: {exc}")
+        finally:
+            for fd in fds:
                 os.close(fd)
 
     def _pass_done(self, msg: Msg, chan: Chan) -> None:
+        if msg.fast is not None:
+            # recs are kept for the spill; next_time is its retry if it spills
+            chan.next_time = next_retry(msg.birth, chan.pass_start, chan.kind, self.unit)
+            if msg.deleted:
+                self._delete_if_idle(msg)
+            elif not msg.finishing and self._fast_idle(msg):
+                self._settle(msg)
+            return
         recs, chan.recs = chan.recs, None
         if msg.deleted:
             self._delete_if_idle(msg)
@@ -611,7 +853,7 @@ class Sender:
         if recs is not None and all(r.done for r in recs):
             path = self.chan_path(msg, chan.kind)
             self.dirty.discard(path)
-            unlink_later(path)
+            self.unlinks.append(path)
             msg.chans.remove(chan)
             if not msg.chans:
                 self._finish(msg)
@@ -636,6 +878,9 @@ class Sender:
         durable.fsync_dir(self.home.q("hold"))
         msg.held = True
         self._purge_ready(msg)
+        fast = msg.fast
+        if fast and fast.stage == FAST and not msg.finishing and self._fast_idle(msg):
+            self._settle(msg)  # its first pass had not started: written out, held
         log(f"status: msg {msg.msg_id} held by the operator")
 
     def release(self, msg: Msg) -> None:
@@ -645,7 +890,9 @@ class Sender:
         msg.held = False
         now = time.time()
         for chan in msg.chans:
-            if not chan.outstanding:
+            if msg.fast is not None:
+                chan.next_time = now  # scheduled once it is written out
+            elif not chan.outstanding:
                 self.schedule(msg, chan, now)
         log(f"status: msg {msg.msg_id} released by the operator")
         self.kick()
@@ -655,7 +902,11 @@ class Sender:
         now = time.time()
         if msg is not None:
             for chan in msg.chans:
-                if not chan.outstanding and not msg.held:
+                if chan.outstanding or msg.held:
+                    continue
+                if msg.fast is not None:
+                    chan.next_time = now  # scheduled once it is written out
+                else:
                     self.schedule(msg, chan, now)
             self.kick()
             return
@@ -665,7 +916,8 @@ class Sender:
                 c = m.chan(kind)
                 if c is not None and not c.outstanding and not (m.held or m.deleted):
                     c.next_time = now
-                    entries.append((now, m.msg_id))
+                    if m.fast is None or (m.fast.stage == FAST and not c.pass_start):
+                        entries.append((now, m.msg_id))
             heapq.heapify(entries)
             self.heaps[kind] = entries
         self.kick()
@@ -690,6 +942,12 @@ class Sender:
     def _delete_if_idle(self, msg: Msg) -> None:
         if any(c.outstanding for c in msg.chans) or msg.finishing:
             return
+        if msg.fast is not None:
+            if msg.fast.stage == FAST:  # nothing written yet: clean removes todo and mess
+                msg.finishing = True
+                msg.chans.clear()
+                self._remove(msg)
+            return  # a spill waiting for clean's todo/N: deleted when it answers
         msg.finishing = True
         # bounce/N first: a crash after it can only deliver, never bounce, a
         # message the operator deleted
@@ -705,10 +963,16 @@ class Sender:
         # info/S/N goes only once clean has removed mess/S/N (_on_clean): qmail
         # unlinks it first, and a crash between the two orphans mess/S/N until
         # a daily scan; this way a restart finds info/ and simply asks again
-        durable.unlink_quiet(hold_path(self.home, msg.msg_id))
+        if msg.fast is None or msg.held:
+            durable.unlink_quiet(hold_path(self.home, msg.msg_id))
         self.msgs.pop(msg.msg_id, None)
         self.removing.add(msg.msg_id)
-        self._clean_request(b"foop/%d" % msg.msg_id, msg)
+        if msg.fast is not None:
+            # first attempt from todo/ done: todo/N first (the commit record),
+            # then mess/S/N, in one request (clean/main.py)
+            self._clean_request(b"done/%d" % msg.msg_id, msg)
+        else:
+            self._clean_request(b"foop/%d" % msg.msg_id, msg)
         log(f"end msg {msg.msg_id}")
 
     # -- completion and bounces ------------------------------------------------------
@@ -795,6 +1059,9 @@ class Sender:
 
         with contextlib.suppress(OSError):
             os.makedirs(self.home.q("hold"), mode=0o700, exist_ok=True)
+        # before the first trigger: whatever is in todo/ now may have been
+        # started by an earlier send
+        self.inherited = {int(n) for n in os.listdir(self.home.q("todo")) if n.isdigit()}
         self._open_trigger()
         for link in (*self.links.values(), self.clean):
             link.start()
@@ -809,7 +1076,13 @@ class Sender:
                 self._refill_todo()
             if self.todo_backlog:
                 await self.preprocess_todo()
-            self.sync_marks()
+            if self.spills:
+                await self.commit_spills()
+            if self.dirty:
+                await self.sync_marks()
+            if self.unlinks:
+                paths, self.unlinks = self.unlinks, []
+                unlink_later(paths)
             delay = self.start_due()
             self.dispatch()
             if self.todo_backlog or self.scan_todo:
@@ -837,7 +1110,9 @@ class Sender:
             self.wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), 0.05)
-        self.sync_marks()
+        await self.sync_marks()
+        _unlink_logged(self.unlinks)
+        self.unlinks = []
         # keep retry times across the restart, as mtimes of the channel files
         for msg in self.msgs.values():
             for chan in msg.chans:
