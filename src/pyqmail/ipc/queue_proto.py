@@ -57,6 +57,7 @@ IDLE_S = 300.0  # the server closes a connection idle between messages this long
 POOL_IDLE_S = 60.0  # a pooled client reuses a connection idle at most this long
 POOL_SIZE = 8  # idle connections a pooled client keeps
 SWEEP_S = 30.0
+FLUSH_BYTES = 64 << 10  # a client holds at most this much before writing
 
 READ_ERROR = b"Zqq read error (#4.3.0)"
 WRITE_ERROR = b"Zqq write error or disk full (#4.3.0)"
@@ -122,6 +123,8 @@ class _ClientConn(_AsyncioProtocol):
         self._reply: bytes | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._drained: asyncio.Future[None] | None = None
+        self._out: list[bytes] = []
+        self._out_bytes = 0
 
     @classmethod
     async def connect(cls, path: str) -> _ClientConn:
@@ -177,17 +180,30 @@ class _ClientConn(_AsyncioProtocol):
 
     # used by AsyncSubmission
     def send(self, data: bytes) -> None:
+        """Queue frames; they go out at FLUSH_BYTES or at flush(): a small
+        message is one write, and one read for the writer."""
+        self._out.append(data)
+        self._out_bytes += len(data)
+
+    async def flush(self, force: bool = False) -> None:
+        if self._out_bytes < FLUSH_BYTES and not force:
+            return
+        data = b"".join(self._out)
+        self._out.clear()
+        self._out_bytes = 0
         if self._reply is not None:
             return  # already answered (refused): the rest of the message is moot
         if self.closed or self.transport is None:
             raise ConnectionResetError("the queue writer closed the connection")
         self.transport.write(data)
-
-    async def drain(self) -> None:
         if self._drained is not None:
             await self._drained
-        if self.closed and self._reply is None:
+        if self.closed and not self.answered:
             raise ConnectionResetError("the queue writer closed the connection")
+
+    @property
+    def answered(self) -> bool:
+        return self._reply is not None
 
     async def answer(self) -> bytes | None:
         """The writer's answer to the message just sent; None if the connection died."""
@@ -225,10 +241,12 @@ class AsyncSubmission:
         if conn is None:
             raise ConnectionResetError("submission already finished")
         if data:
-            conn.send(
-                netstring.encode(data) if len(data) <= CHUNK_LIMIT else b"".join(_chunks(data))
-            )
-            await conn.drain()
+            if len(data) <= CHUNK_LIMIT:
+                conn.send(netstring.encode(data))
+            else:
+                for piece in _chunks(data):
+                    conn.send(piece)
+            await conn.flush()
 
     async def finish(self, envelope_wire: bytes) -> QueueResult:
         conn = self._conn
@@ -236,7 +254,7 @@ class AsyncSubmission:
             if conn is None:
                 return QueueResult("Z", CRASHED)
             conn.send(b"0:," + netstring.encode(envelope_wire))
-            await conn.drain()
+            await conn.flush(force=True)
             res = parse_result(await conn.answer())
             if res.status == "K" and self._pool is not None:
                 self._conn = None

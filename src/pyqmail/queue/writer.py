@@ -32,9 +32,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import os
+import queue
 import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -47,7 +48,6 @@ from pyqmail.ipc.queue_proto import QueueFailure, SubmissionServer
 from pyqmail.unix import accounts, durable
 from pyqmail.unix.logfmt import log
 
-COMMITS_IN_FLIGHT = 2
 IN_MEMORY = 256 << 10  # a message up to this size reaches the disk in one write
 WRITE_ERROR = "qq write error or disk full (#4.3.0)"
 
@@ -125,7 +125,9 @@ class QueueWriter:
         self.bounce_uids = self._uids_of("qmails")
         self._next_id = 0
         self._pending: list[Pending] = []
-        self._commits: set[asyncio.Future[None]] = set()  # batches being committed
+        self._queue: queue.SimpleQueue[Pending] = queue.SimpleQueue()  # to the commit thread
+        self._committer: threading.Thread | None = None
+        self._in_flight = 0  # messages handed to the commit thread, not yet answered
         self._date_at, self._date_text = 0, ""
         self.server = SubmissionServer(self.open_message)  # the socket's protocol factory
         self._idle = asyncio.Event()
@@ -200,54 +202,96 @@ class QueueWriter:
 
     # -- group commit ---------------------------------------------------
     def commit_later(self, pending: Pending) -> None:
-        self._pending.append(pending)
-        self._start_commits()
-
-    def _start_commits(self) -> None:
-        # Two batches in flight: while one waits for its second journal
-        # commit (todo/), the next one's data is already being synced. Each
-        # message still gets both, in order, before its client hears K.
-        loop = asyncio.get_running_loop()
-        while self._pending and len(self._commits) < COMMITS_IN_FLIGHT:
-            batch, self._pending = self._pending, []
-            self._idle.clear()
-            fut = loop.run_in_executor(None, self._commit, batch)
-            self._commits.add(fut)
-            fut.add_done_callback(functools.partial(self._commit_done, batch=batch))
-
-    def _commit_done(self, fut: asyncio.Future[None], *, batch: list[Pending]) -> None:
-        self._commits.discard(fut)
-        exc = fut.exception()
-        if exc is not None:
-            log(f"warning: commit failed: {exc}")
-            for p in batch:
-                self.discard(p.msg_id, -1, -1)
-                p.reply(b"Z" + WRITE_ERROR.encode())
-        else:
-            for p in batch:
-                p.reply(b"K%d" % p.msg_id)
-            self._pull_trigger()
-        self._start_commits()
-        if not self._commits:
-            self._idle.set()
-
-    def _commit(self, batch: list[Pending]) -> None:
-        # data and names of mess and intd must be durable before todo makes
-        # them live; among themselves they need no order
-        try:
-            durable.fsync_fds_and_dirs(
-                [fd for p in batch for fd in (p.mess_fd, p.intd_fd)],
-                [os.path.dirname(self.home.split_path("mess", p.msg_id)) for p in batch]
-                + [self.home.q("intd")],
+        if self._committer is None:
+            self._committer = threading.Thread(
+                target=self._commit_loop, args=(asyncio.get_running_loop(),), daemon=True
             )
-        finally:
+            self._committer.start()
+        self._in_flight += 1
+        self._idle.clear()
+        self._queue.put(pending)
+
+    def _commit_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The commit thread, pipelined: each round's one sync makes this
+        round's files durable and the previous round's renames to todo/.
+
+        Round n: sync(files of batch n, and todo/ holding batch n-1's names);
+        now batch n-1 is queued (answer K) and batch n's data is safe to
+        publish: rename its intd/N to todo/N. The next round's sync, with or
+        without new files, makes those renames durable. Under load that is
+        one sync per round instead of two, and the thread is never woken
+        while there is work.
+        """
+        try:
+            self._commit_rounds(loop)
+        except BaseException as exc:
+            # nothing can be acknowledged any more: die, and let the
+            # supervisor start a writer that removes the debris
+            log(f"alert: commit thread failed: {exc!r}")
+            os._exit(111)
+
+    def _commit_rounds(self, loop: asyncio.AbstractEventLoop) -> None:
+        renamed: list[Pending] = []
+        while True:
+            batch = [] if renamed else [self._queue.get()]
+            while True:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                durable.fsync_fds_and_dirs(
+                    [fd for p in batch for fd in (p.mess_fd, p.intd_fd)],
+                    [os.path.dirname(self.home.split_path("mess", p.msg_id)) for p in batch]
+                    + ([self.home.q("intd")] if batch else [])
+                    + ([self.home.q("todo")] if renamed else []),
+                )
+            except OSError as exc:
+                # batch n is unpublished: it goes. Batch n-1 is in todo/ and
+                # stays (send delivers it); its clients hear Z all the same,
+                # as the sync that would have made it durable failed.
+                log(f"warning: commit failed: {exc}")
+                self._close_files(batch)
+                for p in batch:
+                    self.discard(p.msg_id, -1, -1)
+                loop.call_soon_threadsafe(self._answered, [], renamed + batch)
+                renamed = []
+                continue
+            self._close_files(batch)
+            if renamed:
+                self._pull_trigger()
+            # batch n-1 is queued; batch n is next
+            queued, renamed, failed = renamed, [], []
             for p in batch:
-                for fd in (p.mess_fd, p.intd_fd):
-                    with contextlib.suppress(OSError):
-                        os.close(fd)
+                try:
+                    os.rename(
+                        self.home.q("intd", str(p.msg_id)), self.home.q("todo", str(p.msg_id))
+                    )
+                except OSError as exc:
+                    log(f"warning: commit failed: {exc}")
+                    self.discard(p.msg_id, -1, -1)
+                    failed.append(p)
+                else:
+                    renamed.append(p)
+            if queued or failed:
+                loop.call_soon_threadsafe(self._answered, queued, failed)
+
+    @staticmethod
+    def _close_files(batch: list[Pending]) -> None:
         for p in batch:
-            os.rename(self.home.q("intd", str(p.msg_id)), self.home.q("todo", str(p.msg_id)))
-        durable.sync_dir(self.home.q("todo"))
+            for fd in (p.mess_fd, p.intd_fd):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
+    def _answered(self, queued: list[Pending], failed: list[Pending]) -> None:
+        """On the loop: answer a round's clients."""
+        for p in failed:
+            p.reply(b"Z" + WRITE_ERROR.encode())
+        for p in queued:
+            p.reply(b"K%d" % p.msg_id)
+        self._in_flight -= len(queued) + len(failed)
+        if not self._in_flight:
+            self._idle.set()
 
     def _pull_trigger(self) -> None:
         try:
