@@ -198,12 +198,12 @@ class _ClientConn(_AsyncioProtocol):
         self.transport.write(data)
         if self._drained is not None:
             await self._drained
-        if self.closed and not self.answered:
+        if self._lost():
             raise ConnectionResetError("the queue writer closed the connection")
 
-    @property
-    def answered(self) -> bool:
-        return self._reply is not None
+    def _lost(self) -> bool:
+        """Closed without an answer (a refusal's answer still counts)."""
+        return self.closed and self._reply is None
 
     async def answer(self) -> bytes | None:
         """The writer's answer to the message just sent; None if the connection died."""
