@@ -125,9 +125,11 @@ class QueueWriter:
         self.bounce_uids = self._uids_of("qmails")
         self._next_id = 0
         self._pending: list[Pending] = []
-        self._queue: queue.SimpleQueue[Pending] = queue.SimpleQueue()  # to the commit thread
+        # to the commit thread; None asks it to stop
+        self._queue: queue.SimpleQueue[Pending | None] = queue.SimpleQueue()
         self._committer: threading.Thread | None = None
         self._in_flight = 0  # messages handed to the commit thread, not yet answered
+        self._trigger_fd = -1
         self._date_at, self._date_text = 0, ""
         self.server = SubmissionServer(self.open_message)  # the socket's protocol factory
         self._idle = asyncio.Event()
@@ -232,13 +234,18 @@ class QueueWriter:
 
     def _commit_rounds(self, loop: asyncio.AbstractEventLoop) -> None:
         renamed: list[Pending] = []
-        while True:
-            batch = [] if renamed else [self._queue.get()]
+        stopping = False
+        while not (stopping and not renamed):
+            got = [] if renamed or stopping else [self._queue.get()]
             while True:
                 try:
-                    batch.append(self._queue.get_nowait())
+                    got.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
+            batch = [p for p in got if p is not None]
+            stopping = stopping or len(batch) < len(got)
+            if not batch and not renamed:
+                continue
             try:
                 durable.fsync_fds_and_dirs(
                     [fd for p in batch for fd in (p.mess_fd, p.intd_fd)],
@@ -254,7 +261,7 @@ class QueueWriter:
                 self._close_files(batch)
                 for p in batch:
                     self.discard(p.msg_id, -1, -1)
-                loop.call_soon_threadsafe(self._answered, [], renamed + batch)
+                self._answer_from_thread(loop, [], renamed + batch)
                 renamed = []
                 continue
             self._close_files(batch)
@@ -274,7 +281,15 @@ class QueueWriter:
                 else:
                     renamed.append(p)
             if queued or failed:
-                loop.call_soon_threadsafe(self._answered, queued, failed)
+                self._answer_from_thread(loop, queued, failed)
+
+    def _answer_from_thread(
+        self, loop: asyncio.AbstractEventLoop, queued: list[Pending], failed: list[Pending]
+    ) -> None:
+        try:
+            loop.call_soon_threadsafe(self._answered, queued, failed)
+        except RuntimeError:
+            pass  # the loop has ended: no client is left to answer
 
     @staticmethod
     def _close_files(batch: list[Pending]) -> None:
@@ -294,16 +309,34 @@ class QueueWriter:
             self._idle.set()
 
     def _pull_trigger(self) -> None:
+        # the commit thread's own descriptor, kept open: send holds the FIFO
+        # open for reading, so one write wakes it; with no reader (send
+        # restarting) the write fails and the next pull opens it again
+        if self._trigger_fd < 0:
+            try:
+                self._trigger_fd = os.open(self.home.trigger, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError:
+                return  # send not running: it scans todo/ when it starts
         try:
-            fd = os.open(self.home.trigger, os.O_WRONLY | os.O_NONBLOCK)
+            os.write(self._trigger_fd, b"\0")
+        except BlockingIOError:
+            pass  # full of unread pulls: send will wake anyway
         except OSError:
-            return  # send not running: it scans todo/ when it starts
-        with contextlib.suppress(OSError):
-            os.write(fd, b"\0")
-        os.close(fd)
+            os.close(self._trigger_fd)
+            self._trigger_fd = -1
 
     async def drain(self) -> None:
         await self._idle.wait()
+
+    def close(self) -> None:
+        """After drain(): stop the commit thread."""
+        if self._committer is not None:
+            self._queue.put(None)
+            self._committer.join(10)
+            self._committer = None
+        if self._trigger_fd >= 0:
+            os.close(self._trigger_fd)
+            self._trigger_fd = -1
 
 
 async def serve(home: Home, listen_fd: int | None) -> None:
@@ -324,4 +357,5 @@ async def serve(home: Home, listen_fd: int | None) -> None:
     qw.server.close()
     # finish the batch in flight so every client that will hear K has its fsync
     await asyncio.wait_for(qw.drain(), 4)
+    qw.close()
     log("status: exiting")
