@@ -143,12 +143,14 @@ def test_a_connection_the_writer_closed_while_idle_is_not_reused(
         async with writer_on(home, path, idle_s=0.2) as counting:
             pool = WriterPool(path, b"local")
             first = (await submit(pool, b"before\n"))[0]
-            # the writer's sweep closes the idle connection; the pool must notice
+            assert pool.idle == 1
+            # the writer's sweep closes the idle connection, and the pool sees it
             for _ in range(600):
-                if not counting.server.conns:
+                if not counting.server.conns and not pool.idle:
                     break
                 await asyncio.sleep(0.05)
             assert not counting.server.conns
+            assert not pool.idle
             second = (await submit(pool, b"after\n"))[0]
             pool.close()
             return [first, second], counting.accepted

@@ -312,6 +312,11 @@ class WriterPool:
         conn.idle_since = conn.loop.time()
         self._idle.append(conn)
 
+    @property
+    def idle(self) -> int:
+        """Idle connections still open (ones the writer closed are not counted)."""
+        return sum(not conn.closed for conn in self._idle)
+
     def close(self) -> None:
         while self._idle:
             self._idle.pop().close()
