@@ -16,9 +16,10 @@ Theory of operation (qmail-files §6.3, with group commit):
      on the event loop: creating a file may wait briefly for the journal
      while a commit runs, which costs less than a thread hop per file.
   3. The commit thread takes every message that reached this point, makes
-     their mess and intd files and the directories durable (one syncfs),
-     renames each intd/N to todo/N and syncs todo/. Only then is any
-     client answered K. Two such batches may be in flight at once.
+     their mess and intd files and the directories durable (one sync),
+     renames each intd/N to todo/N, and the next sync makes todo/ durable.
+     Only then is the client answered K. Rounds are pipelined: one sync
+     serves this round's files and the previous round's renames.
      The rename is the commit point: a crash before it leaves S2/S3 debris
      (mess without todo, intd without todo) that start-up removes; after
      it, the message is queued. A message refused or broken off before
@@ -124,7 +125,6 @@ class QueueWriter:
         self.network_uids = self._uids_of("qmaild")
         self.bounce_uids = self._uids_of("qmails")
         self._next_id = 0
-        self._pending: list[Pending] = []
         # to the commit thread; None asks it to stop
         self._queue: queue.SimpleQueue[Pending | None] = queue.SimpleQueue()
         self._committer: threading.Thread | None = None
