@@ -490,15 +490,18 @@ class SubmissionServer:
         )
 
     def sweep(self) -> None:
-        self._schedule()
+        self._sweeper = None
         for conn in list(self.conns):
             conn.check_timeouts()
+        if self.conns:  # an idle server sleeps until its next client
+            self._schedule()
 
     def close(self) -> None:
         """At shutdown: no more sweeps, and idle connections closed (their
         clients reconnect to the next server); messages in progress go on."""
         if self._sweeper is not None:
             self._sweeper.cancel()
+            self._sweeper = None
         for conn in list(self.conns):
             conn.close_if_idle()
 
