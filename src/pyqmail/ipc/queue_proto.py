@@ -55,7 +55,7 @@ HEADER_LIMIT = 64
 CLIENT_TIMEOUT_S = 24 * 3600  # qmail-queue's suicide alarm: one message at most this long
 IDLE_S = 300.0  # the server closes a connection idle between messages this long
 POOL_IDLE_S = 60.0  # a pooled client reuses a connection idle at most this long
-POOL_SIZE = 8  # idle connections a pooled client keeps
+POOL_SIZE = 32  # idle connections a pooled client keeps (a C=50 load reuses them too)
 SWEEP_S = 30.0
 FLUSH_BYTES = 64 << 10  # a client holds at most this much before writing
 

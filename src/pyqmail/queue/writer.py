@@ -130,6 +130,7 @@ class QueueWriter:
         self._committer: threading.Thread | None = None
         self._in_flight = 0  # messages handed to the commit thread, not yet answered
         self._trigger_fd = -1
+        self.rounds = self.committed = 0  # for the exit line: messages per sync
         self._date_at, self._date_text = 0, ""
         self.server = SubmissionServer(self.open_message)  # the socket's protocol factory
         self._idle = asyncio.Event()
@@ -265,6 +266,8 @@ class QueueWriter:
                 renamed = []
                 continue
             self._close_files(batch)
+            self.rounds += 1
+            self.committed += len(renamed)
             if renamed:
                 self._pull_trigger()
             # batch n-1 is queued; batch n is next
@@ -358,4 +361,4 @@ async def serve(home: Home, listen_fd: int | None) -> None:
     # finish the batch in flight so every client that will hear K has its fsync
     await asyncio.wait_for(qw.drain(), 4)
     qw.close()
-    log("status: exiting")
+    log(f"status: exiting; {qw.committed} message(s) queued in {qw.rounds} commit round(s)")
