@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -19,7 +19,7 @@ import pytest
 from pyqmail.config import Home
 from pyqmail.formats import netstring
 from pyqmail.ipc.frames import read_frame
-from pyqmail.ipc.queue_proto import MAGIC
+from pyqmail.ipc.queue_proto import MAGIC, SubmissionServer
 from pyqmail.qmqpc.forwarder import Forwarder
 from pyqmail.queue.writer import QueueWriter
 from tests.harness import init_home, write_control
@@ -49,8 +49,6 @@ BAD_STREAMS = {
     "bad netstring": (HEADER + b"01:x,", b"Zqq read error (#4.3.0)"),
 }
 
-Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], object]
-
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory: pytest.TempPathFactory) -> Home:
@@ -68,8 +66,8 @@ def queue_files(home: Home) -> list[str]:
 
 
 @asynccontextmanager
-async def unix_server(handler: Handler, path: str) -> AsyncIterator[None]:
-    server = await asyncio.start_unix_server(handler, path)  # type: ignore[arg-type]
+async def unix_server(factory: SubmissionServer, path: str) -> AsyncIterator[None]:
+    server = await asyncio.get_running_loop().create_unix_server(factory, path)
     try:
         yield
     finally:
@@ -100,7 +98,7 @@ def test_writer_and_forwarder_refuse_bad_streams_alike(
         qw.recover()
         fwd = Forwarder(home)
         wpath, fpath = str(tmp_path / "w.sock"), str(tmp_path / "f.sock")
-        async with unix_server(qw.handle, wpath), unix_server(fwd.handle, fpath):
+        async with unix_server(qw.server, wpath), unix_server(fwd.server, fpath):
             return await exchange(wpath, stream), await exchange(fpath, stream)
 
     before = queue_files(home)
@@ -115,7 +113,7 @@ def test_writer_says_k_only_once_the_message_is_in_todo(home: Home, tmp_path: Pa
         qw = QueueWriter(home)
         qw.recover()
         path = str(tmp_path / "w.sock")
-        async with unix_server(qw.handle, path):
+        async with unix_server(qw.server, path):
             return await exchange(path, HEADER + BODY + netstring.encode(GOOD_ENV))
 
     reply = asyncio.run(run())
@@ -163,7 +161,7 @@ def test_forwarder_answers_only_after_the_qmqp_server(
         write_control(Path(home.root), "qmqpservers", f"127.0.0.1:{port}\n")
         fwd = Forwarder(home)
         path = str(tmp_path / "f.sock")
-        async with unix_server(fwd.handle, path):
+        async with unix_server(fwd.server, path):
             client = asyncio.ensure_future(
                 exchange(path, HEADER + BODY + netstring.encode(GOOD_ENV))
             )

@@ -20,12 +20,13 @@ from __future__ import annotations
 import asyncio
 import re
 import socket
-import tempfile
+from collections.abc import Callable
+from tempfile import SpooledTemporaryFile
 
 from pyqmail.config import Home, QmqpcConfig
-from pyqmail.ipc import queue_proto
+from pyqmail.formats.envelope import Envelope
 from pyqmail.ipc.listen import wait_for_stop
-from pyqmail.ipc.queue_proto import CHUNK_LIMIT
+from pyqmail.ipc.queue_proto import SubmissionServer
 from pyqmail.qmqpc.client import send_qmqp
 from pyqmail.unix.logfmt import clean, log
 
@@ -37,17 +38,15 @@ class Forwarder:
     def __init__(self, home: Home) -> None:
         self.home = home
         self.cfg = QmqpcConfig.load(home)
+        self.server = SubmissionServer(self.open_message)  # the socket's protocol factory
+        self._sending: set[asyncio.Task[None]] = set()
 
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await queue_proto.answer(writer, self._forward(reader))
+    def open_message(self, origin: bytes, uid: int, pid: int) -> Forward:
+        return Forward(self)
 
-    async def _forward(self, reader: asyncio.StreamReader) -> bytes:
-        await queue_proto.read_origin(reader)
-        with tempfile.SpooledTemporaryFile(SPOOL_IN_MEMORY) as spool:
-            size = await queue_proto.read_body(reader, spool.write)
-            env = await queue_proto.read_envelope(reader)
-            spool.seek(0)
-            res = await send_qmqp(self.cfg.servers, spool, size, env.sender, env.recipients)
+    async def forward(self, spool: SpooledTemporaryFile[bytes], size: int, env: Envelope) -> bytes:
+        spool.seek(0)
+        res = await send_qmqp(self.cfg.servers, spool, size, env.sender, env.recipients)
         log(f"info: qmqp {res.server or 'no server'}: exit {res.code}: {clean(res.text)}")
         if res.code == 0:
             qp = QP_RE.search(res.text.encode())
@@ -56,12 +55,45 @@ class Forwarder:
         return status + res.text.encode()
 
 
+class Forward:
+    """One message: spooled, then sent on by QMQP (a queue_proto Receiver)."""
+
+    def __init__(self, fwd: Forwarder) -> None:
+        self.fwd = fwd
+        # closed by _send or abort, whichever ends the message
+        self.spool: SpooledTemporaryFile[bytes] = SpooledTemporaryFile(SPOOL_IN_MEMORY)  # noqa: SIM115
+        self.size = 0
+
+    def chunk(self, data: bytes) -> None:
+        self.spool.write(data)
+        self.size += len(data)
+
+    def finish(self, env: Envelope, reply: Callable[[bytes], None]) -> None:
+        task = asyncio.get_running_loop().create_task(self._send(env, reply))
+        self.fwd._sending.add(task)  # held, or the loop may collect it mid-send
+        task.add_done_callback(self.fwd._sending.discard)
+
+    async def _send(self, env: Envelope, reply: Callable[[bytes], None]) -> None:
+        try:
+            answer = await self.fwd.forward(self.spool, self.size, env)
+        except OSError as exc:
+            log(f"warning: qmqp: {exc}")
+            answer = b"Zqq read error (#4.3.0)"
+        finally:
+            self.spool.close()
+        reply(answer)
+
+    def abort(self) -> None:
+        self.spool.close()
+
+
 async def serve(home: Home, listen_fd: int) -> None:
     fwd = Forwarder(home)
     sock = socket.socket(fileno=listen_fd)
-    server = await asyncio.start_unix_server(fwd.handle, sock=sock, limit=CHUNK_LIMIT + 64)
+    server = await asyncio.get_running_loop().create_unix_server(fwd.server, sock=sock)
     servers = ", ".join(f"{h}:{p}" for h, p in fwd.cfg.servers)
     log(f"status: queue writer ready (mini: QMQP to {servers})")
     await wait_for_stop()
     server.close()
+    fwd.server.close()
     log("status: exiting")

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 
 from pyqmail.config import SmtpdConfig
 from pyqmail.formats import envelope as env_fmt
-from pyqmail.ipc.queue_proto import AsyncSubmission, QueueResult
+from pyqmail.ipc.queue_proto import AsyncSubmission, QueueResult, WriterPool
 from pyqmail.net import peer
 from pyqmail.proto.qmtp.events import Package
 
@@ -28,10 +28,8 @@ OpenQueue = Callable[[], Awaitable[AsyncSubmission]]
 
 
 def writer_queue(path: str) -> OpenQueue:
-    async def open_submission() -> AsyncSubmission:
-        return await AsyncSubmission.open(path, b"network")
-
-    return open_submission
+    """Open submissions to the writer, over connections every session shares."""
+    return WriterPool(path, b"network").open
 
 
 class PackagePolicy:

@@ -8,16 +8,25 @@ Trusts:  no client. Frames are length-bounded, the envelope is parsed
          uid allowed to claim it (SO_PEERCRED).
 
 Theory of operation (qmail-files §6.3, with group commit):
-  1. mess/S/N is created O_EXCL and gets the Received line and the message
-     as it streams in.
-  2. The envelope goes to intd/N.
-  3. The commit thread takes every message that reached this point, fsyncs
-     their mess and intd files and the directories (one round), renames
-     each intd/N to todo/N and fsyncs todo/. Only then is any client
-     answered K. Two such batches may be in flight at once.
+  1. The Received line and the message are held in memory as they stream
+     in, up to IN_MEMORY bytes; a larger message goes on to mess/S/N
+     (created O_EXCL) as it streams.
+  2. When the envelope arrives, mess/S/N is created and written (if it was
+     not already), and the envelope goes to intd/N. Both are plain writes
+     on the event loop: creating a file may wait briefly for the journal
+     while a commit runs, which costs less than a thread hop per file.
+  3. The commit thread takes every message that reached this point, makes
+     their mess and intd files and the directories durable (one sync),
+     renames each intd/N to todo/N, and the next sync makes todo/ durable.
+     Only then is the client answered K. Rounds are pipelined: one sync
+     serves this round's files and the previous round's renames.
      The rename is the commit point: a crash before it leaves S2/S3 debris
-     that start-up removes; after it, the message is queued.
+     (mess without todo, intd without todo) that start-up removes; after
+     it, the message is queued. A message refused or broken off before
+     step 2 never touched the disk, or is removed at once.
   4. One byte down lock/trigger wakes send.
+A client connection carries message after message (ipc/queue_proto); each
+message's answer depends on that message alone.
 """
 
 from __future__ import annotations
@@ -25,22 +34,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import queue
 import socket
+import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from pyqmail.config import SPLIT, Home
 from pyqmail.formats import envelope as env_fmt
 from pyqmail.formats.dates import date822
-from pyqmail.ipc import queue_proto
 from pyqmail.ipc.listen import wait_for_stop
-from pyqmail.ipc.queue_proto import CHUNK_LIMIT, QueueFailure
+from pyqmail.ipc.queue_proto import QueueFailure, SubmissionServer
 from pyqmail.unix import accounts, durable
 from pyqmail.unix.logfmt import log
 
-COMMITS_IN_FLIGHT = 2
-_CREATOR = ThreadPoolExecutor(max_workers=4, thread_name_prefix="create")
+IN_MEMORY = 256 << 10  # a message up to this size reaches the disk in one write
+WRITE_ERROR = "qq write error or disk full (#4.3.0)"
 
 
 @dataclass(slots=True)
@@ -48,30 +58,62 @@ class Pending:
     msg_id: int
     mess_fd: int
     intd_fd: int
-    done: asyncio.Future[None] = field(repr=False)
+    reply: Callable[[bytes], None]
 
 
-async def create_off_loop(path: str) -> int:
-    """create_exclusive in a thread: creating a file waits for the journal
-    while a commit runs, and the loop must keep serving other clients.
+class Message:
+    """One message on its way in (a queue_proto Receiver)."""
 
-    If the caller is cancelled meanwhile, the file it will never hear of is
-    closed and removed as soon as it exists.
-    """
-    fut = _CREATOR.submit(durable.create_exclusive, path, 0o640)
-    try:
-        return await asyncio.wrap_future(fut)
-    except asyncio.CancelledError:
-        fut.add_done_callback(lambda f: _undo_create(f, path))
-        raise
+    __slots__ = ("held", "mess_fd", "msg_id", "parts", "pid", "qw", "uid")
 
+    def __init__(self, qw: QueueWriter, received: bytes, uid: int, pid: int) -> None:
+        self.qw = qw
+        self.parts = [received]
+        self.held = len(received)
+        self.msg_id = 0
+        self.mess_fd = -1
+        self.uid = uid
+        self.pid = pid
 
-def _undo_create(fut: Future[int], path: str) -> None:
-    if fut.cancelled() or fut.exception() is not None:
-        return
-    with contextlib.suppress(OSError):
-        os.close(fut.result())
-    durable.unlink_quiet(path)
+    def chunk(self, data: bytes) -> None:
+        try:
+            if self.mess_fd >= 0:
+                durable.write_all(self.mess_fd, data)
+                return
+            self.parts.append(data)
+            self.held += len(data)
+            if self.held > IN_MEMORY:
+                self._to_disk()
+        except OSError as exc:
+            raise QueueFailure("Z", WRITE_ERROR) from exc
+
+    def _to_disk(self) -> None:
+        self.msg_id, self.mess_fd = self.qw.create_mess()
+        data = b"".join(self.parts)
+        self.parts = []
+        durable.write_all(self.mess_fd, data)
+
+    def finish(self, env: env_fmt.Envelope, reply: Callable[[bytes], None]) -> None:
+        intd_fd = -1
+        try:
+            if self.mess_fd < 0:
+                self._to_disk()
+            intd_fd = durable.create_exclusive(self.qw.home.q("intd", str(self.msg_id)), 0o640)
+            todo = env_fmt.QueuedEnvelope(max(self.uid, 0), self.pid, env.sender, env.recipients)
+            durable.write_all(intd_fd, env_fmt.format_todo(todo))
+        except OSError as exc:
+            if intd_fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(intd_fd)
+            raise QueueFailure("Z", WRITE_ERROR) from exc
+        # from here the commit owns the files
+        self.qw.commit_later(Pending(self.msg_id, self.mess_fd, intd_fd, reply))
+        self.mess_fd = -1
+
+    def abort(self) -> None:
+        if self.msg_id:
+            self.qw.discard(self.msg_id, self.mess_fd, -1)
+            self.msg_id, self.mess_fd = 0, -1
 
 
 class QueueWriter:
@@ -83,8 +125,14 @@ class QueueWriter:
         self.network_uids = self._uids_of("qmaild")
         self.bounce_uids = self._uids_of("qmails")
         self._next_id = 0
-        self._pending: list[Pending] = []
-        self._commits: set[asyncio.Task[None]] = set()  # batches being committed
+        # to the commit thread; None asks it to stop
+        self._queue: queue.SimpleQueue[Pending | None] = queue.SimpleQueue()
+        self._committer: threading.Thread | None = None
+        self._in_flight = 0  # messages handed to the commit thread, not yet answered
+        self._trigger_fd = -1
+        self.rounds = self.committed = 0  # for the exit line: messages per sync
+        self._date_at, self._date_text = 0, ""
+        self.server = SubmissionServer(self.open_message)  # the socket's protocol factory
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -111,17 +159,18 @@ class QueueWriter:
             log(f"warning: removed {removed} half-written message(s) left by a crash")
         self._next_id = max(highest + 1, int(time.time() * 1000))
 
-    async def _alloc(self) -> tuple[int, int]:
+    def create_mess(self) -> tuple[int, int]:
+        """A new mess/S/N, created O_EXCL: (N, fd)."""
         while True:
             msg_id = max(self._next_id, int(time.time() * 1000))
             self._next_id = msg_id + 1
             try:
-                fd = await create_off_loop(self.home.split_path("mess", msg_id))
+                fd = durable.create_exclusive(self.home.split_path("mess", msg_id), 0o640)
             except FileExistsError:
                 continue
             return msg_id, fd
 
-    # -- one client -----------------------------------------------------
+    # -- one message ----------------------------------------------------
     def _uids_of(self, user: str) -> frozenset[int]:
         uids = {0, self.my_uid}
         ids = accounts.lookup(user)
@@ -136,44 +185,17 @@ class QueueWriter:
             return "invoked for bounce"
         return f"invoked by uid {uid}"
 
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        sock = writer.get_extra_info("socket")
-        uid, pid = -1, 0
-        if sock is not None:
-            from pyqmail.ipc.frames import peer_uid_pid
+    def _date(self) -> str:
+        now = int(time.time())
+        if now != self._date_at:
+            self._date_at, self._date_text = now, date822(now)
+        return self._date_text
 
-            uid, pid = peer_uid_pid(sock)
-        await queue_proto.answer(writer, self._receive(reader, uid, pid))
+    def open_message(self, origin: bytes, uid: int, pid: int) -> Message:
+        received = f"Received: (qmail {pid} {self._origin_text(origin, uid)}); {self._date()}\n"
+        return Message(self, received.encode(), uid, pid)
 
-    async def _receive(self, reader: asyncio.StreamReader, uid: int, pid: int) -> bytes:
-        origin = await queue_proto.read_origin(reader)
-        msg_id, mess_fd = await self._alloc()
-        intd_fd = -1
-        committed = False
-        try:
-            received = (
-                f"Received: (qmail {pid} {self._origin_text(origin, uid)}); "
-                f"{date822(time.time())}\n"
-            )
-            durable.write_all(mess_fd, received.encode())
-            await queue_proto.read_body(reader, lambda chunk: durable.write_all(mess_fd, chunk))
-            env = await queue_proto.read_envelope(reader)
-            intd_fd = await create_off_loop(self.home.q("intd", str(msg_id)))
-            todo = env_fmt.QueuedEnvelope(max(uid, 0), pid, env.sender, env.recipients)
-            durable.write_all(intd_fd, env_fmt.format_todo(todo))
-            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._pending.append(Pending(msg_id, mess_fd, intd_fd, done))
-            committed = True  # from here the commit thread owns the fds
-            self._start_commits()
-            await done
-            return b"K%d" % msg_id
-        except OSError as exc:
-            raise QueueFailure("Z", "qq write error or disk full (#4.3.0)") from exc
-        finally:
-            if not committed:
-                self._discard(msg_id, mess_fd, intd_fd)
-
-    def _discard(self, msg_id: int, mess_fd: int, intd_fd: int) -> None:
+    def discard(self, msg_id: int, mess_fd: int, intd_fd: int) -> None:
         for fd in (mess_fd, intd_fd):
             if fd >= 0:
                 with contextlib.suppress(OSError):
@@ -182,70 +204,142 @@ class QueueWriter:
         durable.unlink_quiet(self.home.split_path("mess", msg_id))
 
     # -- group commit ---------------------------------------------------
-    def _start_commits(self) -> None:
-        # Two batches in flight: while one waits for its second journal
-        # commit (todo/), the next one's data is already being synced. Each
-        # message still gets both, in order, before its client hears K.
-        loop = asyncio.get_running_loop()
-        while self._pending and len(self._commits) < COMMITS_IN_FLIGHT:
-            batch, self._pending = self._pending, []
-            self._idle.clear()
-            # held in the set, or the loop may collect the task mid-commit
-            task = loop.create_task(self._commit_batch(batch))
-            self._commits.add(task)
-            task.add_done_callback(self._commit_done)
+    def commit_later(self, pending: Pending) -> None:
+        if self._committer is None:
+            self._committer = threading.Thread(
+                target=self._commit_loop, args=(asyncio.get_running_loop(),), daemon=True
+            )
+            self._committer.start()
+        self._in_flight += 1
+        self._idle.clear()
+        self._queue.put(pending)
 
-    def _commit_done(self, task: asyncio.Task[None]) -> None:
-        self._commits.discard(task)
-        self._start_commits()
-        if not self._commits:
+    def _commit_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The commit thread, pipelined: each round's one sync makes this
+        round's files durable and the previous round's renames to todo/.
+
+        Round n: sync(files of batch n, and todo/ holding batch n-1's names);
+        now batch n-1 is queued (answer K) and batch n's data is safe to
+        publish: rename its intd/N to todo/N. The next round's sync, with or
+        without new files, makes those renames durable. Under load that is
+        one sync per round instead of two, and the thread is never woken
+        while there is work.
+        """
+        try:
+            self._commit_rounds(loop)
+        except BaseException as exc:
+            # nothing can be acknowledged any more: die, and let the
+            # supervisor start a writer that removes the debris
+            log(f"alert: commit thread failed: {exc!r}")
+            os._exit(111)
+
+    def _commit_rounds(self, loop: asyncio.AbstractEventLoop) -> None:
+        renamed: list[Pending] = []
+        stopping = False
+        while not (stopping and not renamed):
+            got = [] if renamed or stopping else [self._queue.get()]
+            while True:
+                try:
+                    got.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            batch = [p for p in got if p is not None]
+            stopping = stopping or len(batch) < len(got)
+            if not batch and not renamed:
+                continue
+            try:
+                durable.fsync_fds_and_dirs(
+                    [fd for p in batch for fd in (p.mess_fd, p.intd_fd)],
+                    [os.path.dirname(self.home.split_path("mess", p.msg_id)) for p in batch]
+                    + ([self.home.q("intd")] if batch else [])
+                    + ([self.home.q("todo")] if renamed else []),
+                )
+            except OSError as exc:
+                # batch n is unpublished: it goes. Batch n-1 is in todo/ and
+                # stays (send delivers it); its clients hear Z all the same,
+                # as the sync that would have made it durable failed.
+                log(f"warning: commit failed: {exc}")
+                self._close_files(batch)
+                for p in batch:
+                    self.discard(p.msg_id, -1, -1)
+                self._answer_from_thread(loop, [], renamed + batch)
+                renamed = []
+                continue
+            self._close_files(batch)
+            self.rounds += 1
+            self.committed += len(renamed)
+            if renamed:
+                self._pull_trigger()
+            # batch n-1 is queued; batch n is next
+            queued, renamed, failed = renamed, [], []
+            for p in batch:
+                try:
+                    os.rename(
+                        self.home.q("intd", str(p.msg_id)), self.home.q("todo", str(p.msg_id))
+                    )
+                except OSError as exc:
+                    log(f"warning: commit failed: {exc}")
+                    self.discard(p.msg_id, -1, -1)
+                    failed.append(p)
+                else:
+                    renamed.append(p)
+            if queued or failed:
+                self._answer_from_thread(loop, queued, failed)
+
+    def _answer_from_thread(
+        self, loop: asyncio.AbstractEventLoop, queued: list[Pending], failed: list[Pending]
+    ) -> None:
+        try:
+            loop.call_soon_threadsafe(self._answered, queued, failed)
+        except RuntimeError:
+            pass  # the loop has ended: no client is left to answer
+
+    @staticmethod
+    def _close_files(batch: list[Pending]) -> None:
+        for p in batch:
+            for fd in (p.mess_fd, p.intd_fd):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
+    def _answered(self, queued: list[Pending], failed: list[Pending]) -> None:
+        """On the loop: answer a round's clients."""
+        for p in failed:
+            p.reply(b"Z" + WRITE_ERROR.encode())
+        for p in queued:
+            p.reply(b"K%d" % p.msg_id)
+        self._in_flight -= len(queued) + len(failed)
+        if not self._in_flight:
             self._idle.set()
 
-    async def _commit_batch(self, batch: list[Pending]) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            await loop.run_in_executor(None, self._commit, batch)
-        except OSError as exc:
-            log(f"warning: commit failed: {exc}")
-            for p in batch:
-                self._discard(p.msg_id, -1, -1)
-                if not p.done.done():
-                    p.done.set_exception(exc)
-            return
-        for p in batch:
-            if not p.done.done():
-                p.done.set_result(None)
-        self._pull_trigger()
-
-    def _commit(self, batch: list[Pending]) -> None:
-        # data and names of mess and intd must be durable before todo makes
-        # them live; among themselves they need no order
-        try:
-            durable.fsync_fds_and_dirs(
-                [fd for p in batch for fd in (p.mess_fd, p.intd_fd)],
-                [os.path.dirname(self.home.split_path("mess", p.msg_id)) for p in batch]
-                + [self.home.q("intd")],
-            )
-        finally:
-            for p in batch:
-                for fd in (p.mess_fd, p.intd_fd):
-                    with contextlib.suppress(OSError):
-                        os.close(fd)
-        for p in batch:
-            os.rename(self.home.q("intd", str(p.msg_id)), self.home.q("todo", str(p.msg_id)))
-        durable.sync_dir(self.home.q("todo"))
-
     def _pull_trigger(self) -> None:
+        # the commit thread's own descriptor, kept open: send holds the FIFO
+        # open for reading, so one write wakes it; with no reader (send
+        # restarting) the write fails and the next pull opens it again
+        if self._trigger_fd < 0:
+            try:
+                self._trigger_fd = os.open(self.home.trigger, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError:
+                return  # send not running: it scans todo/ when it starts
         try:
-            fd = os.open(self.home.trigger, os.O_WRONLY | os.O_NONBLOCK)
+            os.write(self._trigger_fd, b"\0")
+        except BlockingIOError:
+            pass  # full of unread pulls: send will wake anyway
         except OSError:
-            return  # send not running: it scans todo/ when it starts
-        with contextlib.suppress(OSError):
-            os.write(fd, b"\0")
-        os.close(fd)
+            os.close(self._trigger_fd)
+            self._trigger_fd = -1
 
     async def drain(self) -> None:
         await self._idle.wait()
+
+    def close(self) -> None:
+        """After drain(): stop the commit thread."""
+        if self._committer is not None:
+            self._queue.put(None)
+            self._committer.join(10)
+            self._committer = None
+        if self._trigger_fd >= 0:
+            os.close(self._trigger_fd)
+            self._trigger_fd = -1
 
 
 async def serve(home: Home, listen_fd: int | None) -> None:
@@ -259,10 +353,12 @@ async def serve(home: Home, listen_fd: int | None) -> None:
         sock.bind(home.writer_socket)
         os.chmod(home.writer_socket, 0o660)
         sock.listen(256)
-    server = await asyncio.start_unix_server(qw.handle, sock=sock, limit=CHUNK_LIMIT + 64)
+    server = await asyncio.get_running_loop().create_unix_server(qw.server, sock=sock)
     log("status: queue writer ready")
     await wait_for_stop()
     server.close()
+    qw.server.close()
     # finish the batch in flight so every client that will hear K has its fsync
     await asyncio.wait_for(qw.drain(), 4)
-    log("status: exiting")
+    qw.close()
+    log(f"status: exiting; {qw.committed} message(s) queued in {qw.rounds} commit round(s)")

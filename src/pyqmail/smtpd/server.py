@@ -28,7 +28,7 @@ from pyqmail.config import Home, SmtpdConfig, read_control
 from pyqmail.formats import tcprules
 from pyqmail.ipc.listen import wait_for_stop
 from pyqmail.ipc.qmailqueue import ProgramQueue
-from pyqmail.ipc.queue_proto import AsyncSubmission
+from pyqmail.ipc.queue_proto import WriterPool
 from pyqmail.net.peer import Client, client_for
 from pyqmail.net.tls import ContextCache
 from pyqmail.smtpd.policy import Queue, Service, SmtpPolicy, Submission
@@ -41,11 +41,13 @@ DENIED = b"421 sorry, not accepting connections from you (#4.7.1)\r\n"
 
 
 class WriterQueue:
+    """The queue writer, over a few connections every session of this smtpd shares."""
+
     def __init__(self, path: str) -> None:
-        self.path = path
+        self.pool = WriterPool(path, b"network")
 
     async def open(self) -> Submission:
-        return await AsyncSubmission.open(self.path, b"network")
+        return await self.pool.open()
 
 
 def client_env(client: Client, home: Home) -> dict[str, str]:
@@ -64,11 +66,12 @@ def client_env(client: Client, home: Home) -> dict[str, str]:
     return env
 
 
-def queue_for(client: Client, home: Home) -> Queue:
-    """$QMAILQUEUE's program when the client has one, else the queue writer."""
+def queue_for(client: Client, home: Home, writer: WriterQueue | None = None) -> Queue:
+    """$QMAILQUEUE's program when the client has one, else the queue writer
+    (the listener's shared one, or one of the session's own)."""
     if client.qmailqueue:
         return ProgramQueue([client.qmailqueue], client_env(client, home))
-    return WriterQueue(home.writer_socket)
+    return writer or WriterQueue(home.writer_socket)
 
 
 def service_for(home: Home, cfg: SmtpdConfig, *, submission: bool) -> Service:
@@ -106,6 +109,7 @@ class SmtpListener:
         self.env = {"QMAILQUEUE": qq} if qq else {}
         self.sessions: set[asyncio.Task[None]] = set()
         self.per_ip: Counter[str] = Counter()
+        self.writer = WriterQueue(home.writer_socket)
 
     async def _refuse(self, writer: asyncio.StreamWriter, line: bytes) -> None:
         with contextlib.suppress(OSError):
@@ -133,7 +137,10 @@ class SmtpListener:
                 await self._refuse(writer, TOO_MANY_FROM_YOU)
             else:
                 policy = SmtpPolicy(
-                    self.cfg, client, queue_for(client, self.home), self.services[submission]
+                    self.cfg,
+                    client,
+                    queue_for(client, self.home, self.writer),
+                    self.services[submission],
                 )
                 await serve_smtp(reader, writer, policy)
         except asyncio.CancelledError:
