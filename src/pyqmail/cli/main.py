@@ -14,8 +14,6 @@ from pyqmail.config import (
     apply_syncmode,
     read_control,
 )
-from pyqmail.controlfiles import check_controls
-from pyqmail.formats.assign import parse_assign
 from pyqmail.formats.control import ControlError
 from pyqmail.layout import queue_ok
 
@@ -58,6 +56,11 @@ def cmd_adduser(args: argparse.Namespace) -> int:
 def check_home(home: Home) -> list[str]:
     """Every problem pyqmail can see in a home, each naming file and line."""
     problems: list[str] = []
+    # here, not at the top: `pyqmail start` stays the supervisor for the
+    # MTA's whole life and need not carry the control-file table
+    from pyqmail.controlfiles import check_controls
+    from pyqmail.formats.assign import parse_assign
+
     missing = queue_ok(home)
     if missing:
         problems.append(missing)
@@ -113,6 +116,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     for p in problems:
         print(p)
     from pyqmail.cli.localcheck import check_local
+    from pyqmail.controlfiles import check_controls
 
     for warning in check_controls(home)[1] + check_local(home):
         print(warning)
