@@ -204,6 +204,9 @@ def one_rep(mta: Mta, sink: int, plan: Plan) -> Run:
         fanout(mta, sink, plan.b_rcpts, run)
         local(mta, plan.c_msgs, run)
         idle(mta, plan.d_idle, run)
+    except Lost:
+        mta.post_mortem(RESULTS / f"lost-{mta.name}")
+        raise
     finally:
         mta.stop()
         mta.cleanup()

@@ -113,6 +113,13 @@ class Mta:
     def cleanup(self) -> None:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
+    def post_mortem(self, dest: Path) -> None:
+        """Keep what tells why mail went missing: the MTA's log and queue, as they are."""
+        shutil.rmtree(dest, ignore_errors=True)
+        with contextlib.suppress(shutil.Error):  # sockets and FIFOs are not copied
+            shutil.copytree(self.tmp, dest, symlinks=True, ignore_dangling_symlinks=True)
+        print(f"kept {self.tmp} as {dest} for a post-mortem", file=sys.stderr)
+
 
 class Pyqmail(Mta):
     name = "pyqmail"
