@@ -36,15 +36,23 @@ def test_request_with_a_missing_or_extra_field_is_refused() -> None:
 
 
 def test_result_round_trip_and_report_is_cut() -> None:
-    assert decode_result(encode_result(0, b"did 1+0+0\n")) == (0, b"did 1+0+0\n")
-    code, text = decode_result(encode_result(100, b"x" * 10000))
+    assert decode_result(encode_result(0, b"did 1+0+0\n")) == (0, b"did 1+0+0\n", False)
+    assert decode_result(encode_result(0, b"x", grouped=True)) == (0, b"x", True)
+    code, text, _ = decode_result(encode_result(100, b"x" * 10000))
     assert code == 100
     assert len(text) == REPORT_LIMIT + 1
 
 
 @pytest.mark.parametrize(
     "data",
-    [b"", b"garbage", netstring.encode(b"0"), netstring.encode(b"-1") + netstring.encode(b"")],
+    [
+        b"",
+        b"garbage",
+        netstring.encode(b"0"),
+        netstring.encode(b"-1") + netstring.encode(b"") + netstring.encode(b"0"),
+        netstring.encode(b"0") + netstring.encode(b""),  # no grouped flag
+        netstring.encode(b"0") + netstring.encode(b"") + netstring.encode(b"2"),
+    ],
 )
 def test_mangled_result_is_a_temporary_failure(data: bytes) -> None:
-    assert decode_result(data) == (EXIT_TEMP, b"qmail-local sent a mangled report.")
+    assert decode_result(data) == (EXIT_TEMP, b"qmail-local sent a mangled report.", False)

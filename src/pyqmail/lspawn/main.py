@@ -31,20 +31,23 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from pyqmail.config import Home, SendConfig, read_control
+from pyqmail.config import Home, SendConfig, apply_syncmode, read_control
 from pyqmail.formats import control, netstring
 from pyqmail.formats.address import split_at_last_at
 from pyqmail.ipc.frames import FrameBuffer, pack
 from pyqmail.ipc.listen import peer_allowed, send_uids, unix_listener
 from pyqmail.local.users import AssignCache, resolve
 from pyqmail.lspawn.workers import (
+    BATCH_MAX,
     MAX_RECORD,
     REPORT_LIMIT,
+    SLOW,
     Request,
     decode_result,
     encode_request,
     fork_worker,
 )
+from pyqmail.unix import durable
 from pyqmail.unix.logfmt import log
 
 MESSPATH_RE = re.compile(rb"\A[0-9]{1,3}/[0-9]{1,20}\Z")
@@ -61,6 +64,7 @@ class Task:
 
     key: bytes
     request: Request
+    record: bytes  # the request as sent to a worker
     identity: Identity
     waiters: list[tuple[socket.socket, bytes]] = field(default_factory=list)
 
@@ -70,7 +74,10 @@ class Worker:
     pid: int
     sock: socket.socket
     identity: Identity
-    task: Task | None = None
+    tasks: deque[Task] = field(default_factory=deque)  # sent to it, answered in order
+    # its deliveries are Maildir-only ones, done in groups: more may queue on
+    # it. False once it said it runs something slow (a program...)
+    grouping: bool = True
     idle_since: float = 0.0
 
 
@@ -101,10 +108,21 @@ class Spawner:
         self.assign = AssignCache(home)
         self.stopping = False
         self.max_workers = max(1, SendConfig.load(home).concurrencylocal)
+        self.root = os.geteuid() == 0
+        self._aliasempty: tuple[tuple[int, int, int] | None, str] | None = None
 
     def aliasempty(self) -> str:
-        text = read_control(self.home, "defaultdelivery")
-        return control.parse_line(text, None) or "./Maildir/"
+        """control/defaultdelivery, read again only when the file changes."""
+        path = self.home.control("defaultdelivery")
+        try:
+            st = os.stat(path)
+            stamp: tuple[int, int, int] | None = (st.st_ino, st.st_mtime_ns, st.st_size)
+        except FileNotFoundError:
+            stamp = None
+        if self._aliasempty is None or self._aliasempty[0] != stamp:
+            text = read_control(self.home, "defaultdelivery")
+            self._aliasempty = (stamp, control.parse_line(text, None) or "./Maildir/")
+        return self._aliasempty[1]
 
     def busy(self) -> bool:
         return bool(self.running)
@@ -210,16 +228,17 @@ class Spawner:
         request = Request(
             messpath.decode(), sender, rcpt, key.decode(), retry, user, self.aliasempty()
         )
-        if len(encode_request(request)) > MAX_RECORD:
+        record = encode_request(request)
+        if len(record) > MAX_RECORD:
             self._reply(conn, job_id, b"DSorry, delivery request too long. (#5.1.3)")
             return None
         # as root a worker becomes the recipient; otherwise every worker is us
-        identity = (user.uid, user.gid) if os.geteuid() == 0 else (os.geteuid(), os.getegid())
-        return Task(key + b"\0" + rcpt, request, identity, [(conn, job_id)])
+        identity = (user.uid, user.gid) if self.root else (os.geteuid(), os.getegid())
+        return Task(key + b"\0" + rcpt, request, record, identity, [(conn, job_id)])
 
     # -- workers ---------------------------------------------------------------
     def _start(self, task: Task) -> None:
-        worker = self._idle_worker(task.identity)
+        worker = self._worker_for(task.identity)
         if worker is None:
             self.pending.append(task)
             return
@@ -232,24 +251,39 @@ class Spawner:
             )
             return
         try:
-            socket.send_fds(worker.sock, [encode_request(task.request)], [fd])
+            socket.send_fds(worker.sock, [task.record], [fd])
         except OSError:
-            self._worker_gone(worker)  # reaped now; the task waits for the next one
+            self._worker_gone(worker)  # reaped now; its tasks are crashes
             self.pending.appendleft(task)  # started again at the end of this loop turn
             return
         finally:
             os.close(fd)
-        worker.task = task
+        worker.tasks.append(task)
 
-    def _idle_worker(self, identity: Identity) -> Worker | None:
-        idle = [w for w in self.workers.values() if w.task is None]
-        for w in idle:
-            if w.identity == identity:
-                return w
+    def _worker_for(self, identity: Identity) -> Worker | None:
+        """The worker to take a delivery for identity, or None: wait for one.
+
+        A busy worker whose deliveries are grouped comes first (the one with
+        most queued): the deliveries queued on it share one group commit.
+        Then an idle one, then a new one.
+        """
+        best: Worker | None = None
+        idle: Worker | None = None
+        for w in self.workers.values():
+            if w.identity != identity:
+                continue
+            n = len(w.tasks)
+            if not n:
+                idle = idle or w
+            elif w.grouping and n < BATCH_MAX and (best is None or n > len(best.tasks)):
+                best = w
+        if best is not None or idle is not None:
+            return best or idle
         if len(self.workers) >= self.max_workers:
-            if not idle:
+            others = [w for w in self.workers.values() if not w.tasks]
+            if not others:
                 return None
-            self._retire(min(idle, key=lambda w: w.idle_since))
+            self._retire(min(others, key=lambda w: w.idle_since))
         close = [self.listener, *self.conns, *(w.sock for w in self.workers.values())]
         pid, sock = fork_worker(self.home, identity[0], identity[1], close)
         worker = Worker(pid, sock, identity)
@@ -275,41 +309,48 @@ class Spawner:
 
     def _retire_idle(self, before: float) -> None:
         for w in list(self.workers.values()):
-            if w.task is None and w.idle_since < before:
+            if not w.tasks and w.idle_since < before:
                 self._retire(w)
 
-    def _worker_gone(self, worker: Worker) -> int | None:
-        """Forget a worker that closed its end; its exit status, None if killed."""
+    def _worker_gone(self, worker: Worker) -> None:
+        """Forget a worker that closed its end; every job it had not answered crashed."""
         del self.workers[worker.sock.fileno()]
         self.sel.unregister(worker.sock)
         worker.sock.close()
         try:
             _, status = os.waitpid(worker.pid, 0)
+            code: int | None = os.waitstatus_to_exitcode(status)
         except ChildProcessError:
-            return None
-        code = os.waitstatus_to_exitcode(status)
-        return code if code >= 0 else None
+            code = None
+        if worker.tasks:
+            log(f"warning: lspawn worker {worker.pid} died with status {code}")
+        while worker.tasks:
+            self._finish(worker.tasks.popleft(), exit_to_report(None, b""))
 
     def _read_worker(self, fd: int) -> None:
         worker = self.workers[fd]
-        try:
-            data = worker.sock.recv(MAX_RECORD)
-        except OSError:
-            data = b""
-        task, worker.task = worker.task, None
-        if data:
-            worker.idle_since = time.monotonic()
-            if task is None:
+        flags = 0
+        while True:  # every record waiting: a batch's results come together
+            try:
+                data = worker.sock.recv(MAX_RECORD, flags)
+            except BlockingIOError:
+                break
+            except OSError:
+                data = b""
+            if not data:
+                self._worker_gone(worker)
+                break
+            flags = socket.MSG_DONTWAIT
+            if data == SLOW:
+                worker.grouping = False
+                continue
+            if not worker.tasks:
                 log(f"warning: lspawn worker {worker.pid} spoke out of turn; retiring it")
                 self._retire(worker)
-            else:
-                code, text = decode_result(data)
-                self._finish(task, exit_to_report(code, text))
-        else:
-            status = self._worker_gone(worker)
-            if task is not None:
-                log(f"warning: lspawn worker {worker.pid} died with status {status}")
-                self._finish(task, exit_to_report(None, b""))
+                break
+            code, text, worker.grouping = decode_result(data)
+            worker.idle_since = time.monotonic()
+            self._finish(worker.tasks.popleft(), exit_to_report(code, text))
         self._start_pending()
 
     def _finish(self, task: Task, report: bytes) -> None:
@@ -319,6 +360,10 @@ class Spawner:
 
 
 def serve(home: Home) -> None:
+    apply_syncmode(home)
+    # a first sync loads what durable needs for syncfs (ctypes) here, as
+    # root, rather than in each worker after it dropped privileges
+    durable.sync_dir(home.root)
     spawner = Spawner(home)
     # the preloaded heap, kept out of the collector, stays shared with the
     # workers instead of being copied page by page as gc touches it

@@ -3,18 +3,28 @@
 Forking a whole Python process for every local delivery cost more CPU than
 the delivery itself. A worker is forked from lspawn (already holding every
 module it needs), drops to one uid for good, and then runs local deliveries
-for that uid one at a time: a job arrives as one SOCK_SEQPACKET record,
-the result goes back as one record. lspawn retires a worker that has been
-idle for a while, or when another uid needs its slot, by closing its end;
-the worker exits at that EOF. A worker that dies mid-delivery (SIGKILL)
-shows up as EOF with a job assigned, which lspawn reports as a crash: send
-retries with the "maybe done" flag and the Maildir code finds the copy.
+for that uid: a job arrives as one SOCK_SEQPACKET record with the message's
+descriptor, each result goes back as one record, in the order the jobs came.
+
+lspawn may queue several jobs on a busy worker. The worker takes all that
+are waiting as one batch: Maildir-only deliveries in it share one group
+commit (two syncs for the batch, not two per delivery), and none is reported
+before its copy and name are durable. A delivery that runs a program (or
+writes an mbox, or forwards) runs alone; the worker says SLOW first so that
+lspawn stops queueing behind it.
+
+lspawn retires a worker that has been idle for a while, or when another uid
+needs its slot, by closing its end; the worker exits at that EOF. A worker
+that dies mid-batch (SIGKILL) shows up as EOF with jobs unanswered, which
+lspawn reports as crashes: send retries with the "maybe done" flag and the
+Maildir code finds any copy that reached new/.
 
 Records are sequences of netstrings; both sides bound every field.
 """
 
 from __future__ import annotations
 
+import array
 import contextlib
 import os
 import signal
@@ -26,12 +36,19 @@ from dataclasses import dataclass
 from pyqmail.config import Home
 from pyqmail.formats import netstring
 from pyqmail.formats.assign import UserMatch
-from pyqmail.local.deliver import EXIT_TEMP, LocalJob, deliver
+from pyqmail.local import maildircommit
+from pyqmail.local.deliver import EXIT_TEMP, Delivery, LocalJob, Started, complete, start
 from pyqmail.unix.privs import drop_privileges
 
 REPORT_LIMIT = 3000
 MAX_RECORD = 64 * 1024
 JOB_FIELDS = 11
+# jobs a worker takes at once, and so commits as one group; also the most
+# lspawn queues on one worker
+BATCH_MAX = 16
+FD_SIZE = array.array("i").itemsize
+FDS_SPACE = socket.CMSG_SPACE(FD_SIZE)  # one descriptor per job
+SLOW = b"S"  # worker -> lspawn: the next delivery runs a program, or is not Maildir-only
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,19 +107,35 @@ def decode_request(data: bytes) -> Request:
     )
 
 
-def encode_result(code: int, text: bytes) -> bytes:
-    return netstring.encode(b"%d" % code) + netstring.encode(text[: REPORT_LIMIT + 1])
+def encode_result(code: int, text: bytes, grouped: bool = False) -> bytes:
+    return (
+        netstring.encode(b"%d" % code)
+        + netstring.encode(text[: REPORT_LIMIT + 1])
+        + netstring.encode(b"1" if grouped else b"0")
+    )
 
 
-def decode_result(data: bytes) -> tuple[int, bytes]:
-    """(exit code, report text) from a worker; a mangled record is a crash."""
+def decode_result(data: bytes) -> tuple[int, bytes, bool]:
+    """(exit code, report text, grouped) from a worker; a mangled record is a crash.
+
+    grouped: the delivery was Maildir-only and went through a group commit,
+    a hint that this worker's next deliveries will be quick too.
+    """
     try:
-        fields = netstring.decode_all(data, limit=MAX_RECORD, max_items=2)
-        if len(fields) != 2 or not fields[0].isdigit() or len(fields[0]) > 3:
+        fields = netstring.decode_all(data, limit=MAX_RECORD, max_items=3)
+        if (
+            len(fields) != 3
+            or not fields[0].isdigit()
+            or len(fields[0]) > 3
+            or fields[2] not in (b"0", b"1")
+        ):
             raise ValueError("bad result record")
     except ValueError:
-        return EXIT_TEMP, b"qmail-local sent a mangled report."
-    return int(fields[0]), fields[1]
+        return EXIT_TEMP, b"qmail-local sent a mangled report.", False
+    return int(fields[0]), fields[1], fields[2] == b"1"
+
+
+Job = tuple[bytes, list[int]]  # one record from lspawn and the descriptors it carried
 
 
 def run_worker(sock: socket.socket, home: Home, uid: int, gid: int) -> None:
@@ -113,21 +146,19 @@ def run_worker(sock: socket.socket, home: Home, uid: int, gid: int) -> None:
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         if uid != os.geteuid():
             drop_privileges(uid, gid)
+        host = socket.gethostname()
         while True:
-            try:
-                data, fds, _flags, _addr = socket.recv_fds(sock, MAX_RECORD, 1)
-            except OSError:
-                data, fds = b"", []
-            if not data:
+            jobs = _receive(sock)
+            if not jobs:
                 code = 0
                 return  # lspawn retired us, or is gone
             try:
-                rc, text, crashed = _one_job(home, data, fds)
+                healthy = _run_batch(sock, home, host, jobs)
             finally:
-                for fd in fds:
-                    os.close(fd)
-            sock.sendall(encode_result(rc, text))
-            if crashed:
+                for _, fds in jobs:
+                    for fd in fds:
+                        os.close(fd)
+            if not healthy:
                 return
     except BaseException:
         with contextlib.suppress(Exception):
@@ -136,8 +167,112 @@ def run_worker(sock: socket.socket, home: Home, uid: int, gid: int) -> None:
         os._exit(code)
 
 
-def _one_job(home: Home, data: bytes, fds: list[int]) -> tuple[int, bytes, bool]:
-    """(exit code, report, crashed) for one job; the message comes as an open fd.
+def _receive(sock: socket.socket) -> list[Job]:
+    """Wait for a job, then take every other job already waiting, up to BATCH_MAX."""
+    jobs: list[Job] = []
+    flags = 0
+    while len(jobs) < BATCH_MAX:
+        try:
+            data, fds = _recv_job(sock, flags)
+        except BlockingIOError:
+            break
+        except OSError:
+            data, fds = b"", []
+        if not data:
+            for fd in fds:
+                os.close(fd)
+            if not jobs:
+                return []
+            break  # EOF after these: they still run, the next receive sees it
+        jobs.append((data, fds))
+        flags = socket.MSG_DONTWAIT
+    return jobs
+
+
+def _recv_job(sock: socket.socket, flags: int) -> Job:
+    """One record and its descriptors (socket.recv_fds ignores flags before 3.12)."""
+    data, ancdata, _flags, _addr = sock.recvmsg(MAX_RECORD, FDS_SPACE, flags)
+    fds: list[int] = []
+    for level, kind, payload in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            usable = len(payload) - len(payload) % FD_SIZE
+            fds.extend(array.array("i", payload[:usable]))
+    return data, fds
+
+
+def _run_batch(sock: socket.socket, home: Home, host: str, jobs: list[Job]) -> bool:
+    """Run one batch, reporting each job in order; False after a bug (exit now).
+
+    Maildir-only deliveries are written as they come and committed together
+    (local/maildircommit.py) just before they are reported. Any other
+    delivery (programs, mboxes, forwards) first has the ones before it
+    committed and reported, lspawn told it may be slow (SLOW), and then runs
+    alone, as qmail-local would.
+    """
+    batch = _Batch(sock)
+    try:
+        for data, fds in jobs:
+            item = _start_job(home, host, data, fds)
+            if isinstance(item, Started) and item.copies is None:
+                batch.report()
+                sock.sendall(SLOW)
+                rc, text = complete(item)
+                batch.send(encode_result(rc, _text(text)))
+            else:
+                batch.waiting.append(item)
+        batch.report()
+    except Exception:
+        # a bug in delivery: defer every job not yet reported, and start the
+        # next ones from a fresh fork rather than from whatever state this
+        # one left behind. Copies not committed were never reported done.
+        for item in batch.waiting:
+            if isinstance(item, Started) and item.copies:
+                for c in item.copies:
+                    with contextlib.suppress(OSError):
+                        maildircommit.discard(c)
+        report = traceback.format_exc()[-REPORT_LIMIT:].encode()
+        for _ in range(len(jobs) - batch.reported):
+            sock.sendall(encode_result(EXIT_TEMP, report))
+        return False
+    return True
+
+
+class _Batch:
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.waiting: list[Started | tuple[int, bytes]] = []
+        self.reported = 0
+
+    def send(self, record: bytes) -> None:
+        self.sock.sendall(record)
+        self.reported += 1
+
+    def report(self) -> None:
+        """Commit the waiting deliveries' copies together, then report each of them."""
+        waiting = self.waiting
+        maildircommit.commit(
+            [
+                c
+                for item in waiting
+                if isinstance(item, Started) and item.copies
+                for c in item.copies
+            ]
+        )
+        while waiting:
+            item = waiting.pop(0)
+            if isinstance(item, Started):
+                rc, text = complete(item)
+                self.send(encode_result(rc, _text(text), grouped=True))
+            else:
+                self.send(encode_result(*item))
+
+
+def _text(text: str) -> bytes:
+    return text.encode("utf-8", "replace")
+
+
+def _start_job(home: Home, host: str, data: bytes, fds: list[int]) -> Started | tuple[int, bytes]:
+    """Read a job's .qmail and write its Maildir copies; (code, report) if it ended already.
 
     The fd is opened by lspawn before this worker's privileges were dropped:
     the recipient may not be able to open queue/mess itself.
@@ -145,18 +280,15 @@ def _one_job(home: Home, data: bytes, fds: list[int]) -> tuple[int, bytes, bool]
     try:
         req = decode_request(data)
     except ValueError as exc:
-        return EXIT_TEMP, f"bad job from lspawn: {exc}".encode(), False
+        return EXIT_TEMP, f"bad job from lspawn: {exc}".encode()
     if len(fds) != 1:
-        return EXIT_TEMP, b"Unable to open message: no descriptor from lspawn. (#4.3.0)", False
+        return EXIT_TEMP, b"Unable to open message: no descriptor from lspawn. (#4.3.0)"
     path = home.q("mess", req.messpath)
     job = LocalJob(path, req.sender, req.rcpt, req.key, req.retry, message_fd=fds[0])
-    try:
-        rc, text = deliver(home, job, req.user, req.aliasempty)
-    except Exception:
-        # a bug in delivery: defer this one, and start the next one from a
-        # fresh fork rather than from whatever state it left behind
-        return EXIT_TEMP, traceback.format_exc()[-REPORT_LIMIT:].encode(), True
-    return rc, text.encode("utf-8", "replace"), False
+    item = start(Delivery(home, job, req.user, req.aliasempty, host))
+    if isinstance(item, Started):
+        return item
+    return item[0], _text(item[1])
 
 
 def fork_worker(
