@@ -130,7 +130,10 @@ class Spawner:
     def serve(self) -> None:
         self.sel.register(self.listener, selectors.EVENT_READ, "listen")
         while not (self.stopping and not self.busy()):
-            for key, _ in self.sel.select(timeout=1.0):
+            # workers first: a SLOW notice or a result is seen before the
+            # requests that arrived in the same turn are given a worker
+            events = sorted(self.sel.select(timeout=1.0), key=lambda e: e[0].data != "worker")
+            for key, _ in events:
                 if key.data == "listen":
                     conn, _ = self.listener.accept()
                     if not peer_allowed(conn, self.allowed):  # only send may ask
@@ -154,6 +157,8 @@ class Spawner:
         conn.close()
 
     def _read_conn(self, conn: socket.socket) -> None:
+        if conn not in self.conns:
+            return  # dropped earlier in this loop turn
         try:
             data = conn.recv(65536)
         except OSError:
@@ -328,7 +333,9 @@ class Spawner:
             self._finish(worker.tasks.popleft(), exit_to_report(None, b""))
 
     def _read_worker(self, fd: int) -> None:
-        worker = self.workers[fd]
+        worker = self.workers.get(fd)
+        if worker is None:
+            return  # retired earlier in this loop turn
         flags = 0
         while True:  # every record waiting: a batch's results come together
             try:
