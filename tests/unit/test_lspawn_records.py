@@ -6,12 +6,13 @@ import pytest
 
 from pyqmail.formats import netstring
 from pyqmail.formats.assign import UserMatch
-from pyqmail.local.deliver import EXIT_TEMP
 from pyqmail.lspawn.workers import (
+    BATCH_MAX,
+    MAX_RECORD,
     REPORT_LIMIT,
     Request,
     decode_request,
-    decode_result,
+    decode_results,
     encode_request,
     encode_result,
 )
@@ -36,11 +37,26 @@ def test_request_with_a_missing_or_extra_field_is_refused() -> None:
 
 
 def test_result_round_trip_and_report_is_cut() -> None:
-    assert decode_result(encode_result(0, b"did 1+0+0\n")) == (0, b"did 1+0+0\n", False)
-    assert decode_result(encode_result(0, b"x", grouped=True)) == (0, b"x", True)
-    code, text, _ = decode_result(encode_result(100, b"x" * 10000))
+    assert decode_results(encode_result(0, b"did 1+0+0\n")) == [(0, b"did 1+0+0\n", False)]
+    [(code, text, _)] = decode_results(encode_result(100, b"x" * 10000)) or []
     assert code == 100
     assert len(text) == REPORT_LIMIT + 1
+
+
+def test_a_record_carries_a_whole_groups_results_in_order() -> None:
+    record = b"".join(encode_result(code, b"r%d" % code, grouped=True) for code in (0, 111, 100, 0))
+    assert decode_results(record) == [
+        (0, b"r0", True),
+        (111, b"r111", True),
+        (100, b"r100", True),
+        (0, b"r0", True),
+    ]
+
+
+def test_the_biggest_group_of_reports_fits_in_one_record() -> None:
+    record = b"".join(encode_result(111, b"x" * 10000) for _ in range(BATCH_MAX))
+    assert len(record) <= MAX_RECORD
+    assert len(decode_results(record) or []) == BATCH_MAX
 
 
 @pytest.mark.parametrize(
@@ -52,7 +68,9 @@ def test_result_round_trip_and_report_is_cut() -> None:
         netstring.encode(b"-1") + netstring.encode(b"") + netstring.encode(b"0"),
         netstring.encode(b"0") + netstring.encode(b""),  # no grouped flag
         netstring.encode(b"0") + netstring.encode(b"") + netstring.encode(b"2"),
+        encode_result(0, b"") + netstring.encode(b"0"),  # a second result cut short
+        encode_result(0, b"") * (BATCH_MAX + 1),  # more than a batch
     ],
 )
-def test_mangled_result_is_a_temporary_failure(data: bytes) -> None:
-    assert decode_result(data) == (EXIT_TEMP, b"qmail-local sent a mangled report.", False)
+def test_a_mangled_record_is_refused_whole(data: bytes) -> None:
+    assert decode_results(data) is None

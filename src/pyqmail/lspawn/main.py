@@ -43,7 +43,7 @@ from pyqmail.lspawn.workers import (
     REPORT_LIMIT,
     SLOW,
     Request,
-    decode_result,
+    decode_results,
     encode_request,
     fork_worker,
 )
@@ -105,6 +105,7 @@ class Spawner:
         self.workers: dict[int, Worker] = {}  # by socket fd
         self.running: dict[bytes, Task] = {}
         self.pending: deque[Task] = deque()
+        self.outbox: dict[socket.socket, list[bytes]] = {}  # replies of this loop turn
         self.assign = AssignCache(home)
         self.stopping = False
         self.max_workers = max(1, SendConfig.load(home).concurrencylocal)
@@ -148,6 +149,7 @@ class Spawner:
                     self._read_worker(key.fd)
             if self.pending:
                 self._start_pending()
+            self._send_replies()
             self._retire_idle(time.monotonic() - IDLE_RETIRE_S)
         self._retire_idle(float("inf"))
 
@@ -176,12 +178,19 @@ class Spawner:
             self._request(conn, frame)
 
     def _reply(self, conn: socket.socket, job_id: bytes, report: bytes) -> None:
-        if conn not in self.conns:
-            return  # that send is gone; its successor will ask again
-        try:
-            conn.sendall(pack(job_id, report))
-        except OSError:
-            self._drop_conn(conn)
+        """Held until the end of this loop turn: a group's reports go out in one write."""
+        if conn in self.conns:  # else that send is gone; its successor will ask again
+            self.outbox.setdefault(conn, []).append(pack(job_id, report))
+
+    def _send_replies(self) -> None:
+        outbox, self.outbox = self.outbox, {}
+        for conn, frames in outbox.items():
+            if conn not in self.conns:
+                continue
+            try:
+                conn.sendall(b"".join(frames))
+            except OSError:
+                self._drop_conn(conn)
 
     def _request(self, conn: socket.socket, frame: bytes) -> None:
         fields = frame.split(b"\0")
@@ -317,11 +326,15 @@ class Spawner:
             if not w.tasks and w.idle_since < before:
                 self._retire(w)
 
-    def _worker_gone(self, worker: Worker) -> None:
-        """Forget a worker that closed its end; every job it had not answered crashed."""
+    def _worker_gone(self, worker: Worker, *, kill: bool = False) -> None:
+        """Forget a worker that closed its end (or is killed now, when it
+        misbehaved); every job it had not answered crashed."""
         del self.workers[worker.sock.fileno()]
         self.sel.unregister(worker.sock)
         worker.sock.close()
+        if kill:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(worker.pid, signal.SIGKILL)
         try:
             _, status = os.waitpid(worker.pid, 0)
             code: int | None = os.waitstatus_to_exitcode(status)
@@ -351,13 +364,14 @@ class Spawner:
             if data == SLOW:
                 worker.grouping = False
                 continue
-            if not worker.tasks:
-                log(f"warning: lspawn worker {worker.pid} spoke out of turn; retiring it")
-                self._retire(worker)
+            results = decode_results(data)
+            if results is None or len(results) > len(worker.tasks):
+                log(f"warning: lspawn worker {worker.pid} sent a mangled report; killing it")
+                self._worker_gone(worker, kill=True)
                 break
-            code, text, worker.grouping = decode_result(data)
+            for code, text, worker.grouping in results:
+                self._finish(worker.tasks.popleft(), exit_to_report(code, text))
             worker.idle_since = time.monotonic()
-            self._finish(worker.tasks.popleft(), exit_to_report(code, text))
         self._start_pending()
 
     def _finish(self, task: Task, report: bytes) -> None:

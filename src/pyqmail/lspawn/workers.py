@@ -46,6 +46,8 @@ JOB_FIELDS = 11
 # jobs a worker takes at once, and so commits as one group; also the most
 # lspawn queues on one worker
 BATCH_MAX = 16
+# a record of results for a whole batch must fit in one SEQPACKET record
+assert BATCH_MAX * (REPORT_LIMIT + 32) <= MAX_RECORD
 FD_SIZE = array.array("i").itemsize
 FDS_SPACE = socket.CMSG_SPACE(FD_SIZE)  # one descriptor per job
 SLOW = b"S"  # worker -> lspawn: the next delivery runs a program, or is not Maildir-only
@@ -115,24 +117,26 @@ def encode_result(code: int, text: bytes, grouped: bool = False) -> bytes:
     )
 
 
-def decode_result(data: bytes) -> tuple[int, bytes, bool]:
-    """(exit code, report text, grouped) from a worker; a mangled record is a crash.
+def decode_results(data: bytes) -> list[tuple[int, bytes, bool]] | None:
+    """[(exit code, report text, grouped)] from one worker record; None if mangled.
 
-    grouped: the delivery was Maildir-only and went through a group commit,
-    a hint that this worker's next deliveries will be quick too.
+    A record holds the results of one or more jobs, in the order they were
+    sent. grouped: the delivery was Maildir-only and went through a group
+    commit, a hint that this worker's next deliveries will be quick too.
     """
     try:
-        fields = netstring.decode_all(data, limit=MAX_RECORD, max_items=3)
-        if (
-            len(fields) != 3
-            or not fields[0].isdigit()
-            or len(fields[0]) > 3
-            or fields[2] not in (b"0", b"1")
-        ):
-            raise ValueError("bad result record")
+        fields = netstring.decode_all(data, limit=MAX_RECORD, max_items=3 * BATCH_MAX)
     except ValueError:
-        return EXIT_TEMP, b"qmail-local sent a mangled report.", False
-    return int(fields[0]), fields[1], fields[2] == b"1"
+        return None
+    if not fields or len(fields) % 3:
+        return None
+    out = []
+    for i in range(0, len(fields), 3):
+        code, text, grouped = fields[i : i + 3]
+        if not code.isdigit() or len(code) > 3 or grouped not in (b"0", b"1"):
+            return None
+        out.append((int(code), text, grouped == b"1"))
+    return out
 
 
 Job = tuple[bytes, list[int]]  # one record from lspawn and the descriptors it carried
@@ -243,13 +247,15 @@ class _Batch:
         self.waiting: list[Started | tuple[int, bytes]] = []
         self.reported = 0
 
-    def send(self, record: bytes) -> None:
+    def send(self, record: bytes, results: int = 1) -> None:
         self.sock.sendall(record)
-        self.reported += 1
+        self.reported += results
 
     def report(self) -> None:
-        """Commit the waiting deliveries' copies together, then report each of them."""
+        """Commit the waiting deliveries' copies together, then report them in one record."""
         waiting = self.waiting
+        if not waiting:
+            return
         maildircommit.commit(
             [
                 c
@@ -258,13 +264,15 @@ class _Batch:
                 for c in item.copies
             ]
         )
-        while waiting:
-            item = waiting.pop(0)
+        record = []
+        for item in waiting:
             if isinstance(item, Started):
                 rc, text = complete(item)
-                self.send(encode_result(rc, _text(text), grouped=True))
+                record.append(encode_result(rc, _text(text), grouped=True))
             else:
-                self.send(encode_result(*item))
+                record.append(encode_result(*item))
+        self.send(b"".join(record), len(waiting))
+        waiting.clear()
 
 
 def _text(text: str) -> bytes:
