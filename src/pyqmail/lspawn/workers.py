@@ -171,11 +171,11 @@ def run_worker(sock: socket.socket, home: Home, uid: int, gid: int) -> None:
         os._exit(code)
 
 
-def _receive(sock: socket.socket) -> list[Job]:
-    """Wait for a job, then take every other job already waiting, up to BATCH_MAX."""
+def _receive(sock: socket.socket, limit: int = BATCH_MAX, *, wait: bool = True) -> list[Job]:
+    """Wait for a job (unless not wait), then take every other job already waiting."""
     jobs: list[Job] = []
-    flags = 0
-    while len(jobs) < BATCH_MAX:
+    flags = 0 if wait else socket.MSG_DONTWAIT
+    while len(jobs) < limit:
         try:
             data, fds = _recv_job(sock, flags)
         except BlockingIOError:
@@ -215,15 +215,22 @@ def _run_batch(sock: socket.socket, home: Home, host: str, jobs: list[Job]) -> b
     """
     batch = _Batch(sock)
     try:
-        for data, fds in jobs:
-            item = _start_job(home, host, data, fds)
-            if isinstance(item, Started) and item.copies is None:
-                batch.report()
-                sock.sendall(SLOW)
-                rc, text = complete(item)
-                batch.send(encode_result(rc, _text(text)))
-            else:
-                batch.waiting.append(item)
+        done = 0
+        while done < len(jobs):
+            for data, fds in jobs[done:]:
+                done += 1
+                item = _start_job(home, host, data, fds)
+                if isinstance(item, Started) and item.copies is None:
+                    batch.report()
+                    sock.sendall(SLOW)
+                    rc, text = complete(item)
+                    batch.send(encode_result(rc, _text(text)))
+                else:
+                    batch.waiting.append(item)
+            if batch.waiting and done < BATCH_MAX:
+                # jobs that came while these were written join their group (the
+                # caller closes their descriptors with the others')
+                jobs.extend(_receive(sock, BATCH_MAX - done, wait=False))
         batch.report()
     except Exception:
         # a bug in delivery: defer every job not yet reported, and start the
