@@ -138,16 +138,22 @@ def _link(copy: Copy) -> None:
         os.link(str(copy.fd), new, src_dir_fd=_proc_fds())
 
 
-_proc_fd: tuple[int, int] | None = None  # (pid, fd of /proc/self/fd)
+_proc_fd = -1  # this process's /proc/self/fd, opened at first use
+
+
+def _forget_proc_fd() -> None:
+    global _proc_fd
+    _proc_fd = -1  # a forked child has its own /proc/self/fd (the inherited one is the parent's)
+
+
+os.register_at_fork(after_in_child=_forget_proc_fd)
 
 
 def _proc_fds() -> int:
-    """This process's /proc/self/fd, opened once (a fork opens its own)."""
     global _proc_fd
-    pid = os.getpid()
-    if _proc_fd is None or _proc_fd[0] != pid:
-        _proc_fd = (pid, os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
-    return _proc_fd[1]
+    if _proc_fd < 0:
+        _proc_fd = os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    return _proc_fd
 
 
 def _sync_files(fds: list[int]) -> None:

@@ -152,7 +152,7 @@ def run_worker(sock: socket.socket, home: Home, uid: int, gid: int) -> None:
             drop_privileges(uid, gid)
         host = socket.gethostname()
         while True:
-            jobs = _receive(sock)
+            jobs = _receive(sock, 1)  # the others waiting join as its group is written
             if not jobs:
                 code = 0
                 return  # lspawn retired us, or is gone
