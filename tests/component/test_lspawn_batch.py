@@ -102,3 +102,17 @@ def test_failures_in_a_group_are_reported_each_in_its_place(tmp_path: Path) -> N
         f"1.Q1R1.{socket.gethostname()}",
         f"1.Q1R3.{socket.gethostname()}",
     ]
+
+
+def test_a_user_with_a_quota_is_delivered_alone(tmp_path: Path) -> None:
+    """The soft quota is measured before each delivery: no group for that user."""
+    joe = user(tmp_path, "joe", "./Maildir/\n")
+    ann = user(tmp_path, "ann", "./Maildir/\n")
+    (tmp_path / "qmail" / "control").mkdir(parents=True)
+    (tmp_path / "qmail" / "control" / "quotas").write_text("joe:1000000\n")
+    records = run_batch(tmp_path, [(joe, "1.Q1R1"), (ann, "1.Q1R2"), (joe, "1.Q1R3")])
+    assert records[0] == SLOW
+    assert records[3] == SLOW  # after ann's group of one was reported
+    results = [res for r in records if r != SLOW for res in decode_results(r) or []]
+    assert [(code, grouped) for code, _, grouped in results] == [(0, False), (0, True), (0, False)]
+    assert len(os.listdir(tmp_path / "joe" / "Maildir" / "new")) == 2

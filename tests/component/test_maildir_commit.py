@@ -104,7 +104,11 @@ from pyqmail.unix import durable
 durable.set_mode(sys.argv[1])
 maildircommit.USE_TMPFILE = sys.argv[2] == "1"
 base = sys.argv[3]
-copies = [maildircommit.write("./m/", base, f"k{i}.host", [b"x" * 4096]) for i in range(6)]
+if sys.argv[4] == "present":  # what a retry finds: only the name to sync
+    open(os.path.join(base, "new", "k.host"), "wb").close()
+    copies = [maildircommit.present("./m/", base, "k.host")]
+else:
+    copies = [maildircommit.write("./m/", base, f"k{i}.host", [b"x" * 4096]) for i in range(6)]
 print("commit", file=sys.stderr, flush=True)
 maildircommit.commit(copies)
 assert all(c.error is None for c in copies)
@@ -112,12 +116,12 @@ print("done")
 """
 
 
-def traced(tmp_path: Path, mode: str, tmpfile: bool) -> list[str]:
+def traced(tmp_path: Path, mode: str, tmpfile: bool, what: str = "write") -> list[str]:
     box = maildir(tmp_path / "m")
     out = subprocess.run(
         [
             *("strace", "-f", "-qq", "-e", "trace=syncfs,fsync,fdatasync,link,linkat,write"),
-            *(sys.executable, "-c", GROUP, mode, "1" if tmpfile else "0", str(box)),
+            *(sys.executable, "-c", GROUP, mode, "1" if tmpfile else "0", str(box), what),
         ],
         capture_output=True,
         text=True,
@@ -125,7 +129,7 @@ def traced(tmp_path: Path, mode: str, tmpfile: bool) -> list[str]:
         check=True,
     )
     assert out.stdout.strip() == "done"
-    assert len(os.listdir(box / "new")) == 6
+    assert len(os.listdir(box / "new")) == (1 if what == "present" else 6)
     lines = out.stderr.splitlines()
     start = next(i for i, line in enumerate(lines) if "commit" in line)
     return [
@@ -155,3 +159,13 @@ def test_fsync_mode_syncs_each_file_before_the_names_then_the_directory(tmp_path
     assert calls[:6] == ["fsync"] * 6
     assert calls[6:12] == ["link"] * 6
     assert calls[12:] == ["fsync"]  # new/ once
+
+
+@needs_strace
+@pytest.mark.parametrize(("mode", "call"), [("syncfs", "syncfs"), ("fsync", "fsync")])
+def test_a_copy_found_from_an_earlier_attempt_has_its_name_synced(
+    tmp_path: Path, mode: str, call: str
+) -> None:
+    """The attempt that linked it may have died before syncing new/: the retry
+    that reports it delivered makes sure the name is on disk first."""
+    assert traced(tmp_path, mode, False, "present") == [call]

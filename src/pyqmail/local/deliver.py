@@ -239,18 +239,30 @@ class Delivery:
 
     def check_quota(self, rel: str, used: int) -> None:
         """Soft limit: defer when the mailbox is already at or over the user's quota."""
+        limit = self.quota_limit()
+        if limit and used >= limit:
+            raise temp(f"Sorry, {rel} is over its quota of {limit} bytes. (#4.2.2)")
+
+    def quota_limit(self) -> int:
+        """The user's limit from control/quotas; 0: none."""
         if self._quotas is None:
             path = self.home.control("quotas")
             try:
                 self._quotas = quota.parse_quotas(read_control(self.home, "quotas"), path=path)
             except (OSError, ValueError) as exc:
                 raise temp(f"Unable to read control/quotas: {exc}. (#4.3.0)") from exc
-        limit = quota.limit_for(self._quotas, self.user.user)
-        if limit and used >= limit:
-            raise temp(f"Sorry, {rel} is over its quota of {limit} bytes. (#4.2.2)")
+        return quota.limit_for(self._quotas, self.user.user)
 
     def _has_quota(self) -> bool:
         return os.path.exists(self.home.control("quotas"))
+
+    def groupable(self, plan: Plan) -> bool:
+        """Maildir-only, and no quota to measure: the copies can wait for a group commit.
+
+        A quota is measured before each delivery, so with one the deliveries
+        go one at a time: of a group, all would be measured before any landed.
+        """
+        return plan.maildir_only and not (self._has_quota() and self.quota_limit())
 
     # -- the instructions ------------------------------------------------------
     def plan(self) -> Plan:
@@ -516,7 +528,7 @@ def start(delivery: Delivery) -> Started | tuple[int, str]:
     """Begin a delivery; (exit code, report) when it already ended (a failure)."""
     try:
         plan = delivery.plan()
-        copies = delivery.stage(plan) if plan.maildir_only else None
+        copies = delivery.stage(plan) if delivery.groupable(plan) else None
     except Failure as f:
         return f.code, f.text
     except OSError as exc:
