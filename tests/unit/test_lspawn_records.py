@@ -30,10 +30,19 @@ def test_request_with_a_missing_or_extra_field_is_refused() -> None:
     data = encode_request(
         Request("7/1", b"", b"a@b", "k", False, UserMatch("u", 1, 1, "/h", "", ""), "./Maildir/")
     )
-    fields = netstring.decode_all(data, limit=1 << 16, max_items=20)
-    for bad in (fields[:-1], [*fields, b"x"]):
+    fields = data.split(b"\0")
+    for bad in (fields[:-1], [*fields, b"x"], [*fields[:-1], b"1"], [*fields[:-1], b"1:x"]):
         with pytest.raises(ValueError):
-            decode_request(b"".join(netstring.encode(f) for f in bad))
+            decode_request(b"\0".join(bad))
+    with pytest.raises(ValueError):
+        decode_request(data + b"x" * (1 << 16))
+
+
+def test_a_nul_in_a_field_cannot_shift_the_others() -> None:
+    """A NUL byte (from a broken users db entry) is refused when the job is made."""
+    user = UserMatch("joe", 1001, 100, "/home/joe\0/evil", "", "")
+    with pytest.raises(ValueError):
+        encode_request(Request("7/1", b"", b"a@b", "k", False, user, "./Maildir/"))
 
 
 def test_result_round_trip_and_report_is_cut() -> None:

@@ -164,6 +164,7 @@ class Delivery:
         self._msg: bytes | None = None
         self._newsender: bytes | None = None
         self._quotas: dict[str, int] | None = None
+        self._quota_file: bool | None = None
 
     @property
     def message(self) -> bytes:
@@ -254,7 +255,9 @@ class Delivery:
         return quota.limit_for(self._quotas, self.user.user)
 
     def _has_quota(self) -> bool:
-        return os.path.exists(self.home.control("quotas"))
+        if self._quota_file is None:  # looked at once per delivery
+            self._quota_file = os.path.exists(self.home.control("quotas"))
+        return self._quota_file
 
     def groupable(self, plan: Plan) -> bool:
         """Maildir-only, and no quota to measure: the copies can wait for a group commit.

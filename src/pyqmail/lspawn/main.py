@@ -242,7 +242,11 @@ class Spawner:
         request = Request(
             messpath.decode(), sender, rcpt, key.decode(), retry, user, self.aliasempty()
         )
-        record = encode_request(request)
+        try:
+            record = encode_request(request)
+        except ValueError as exc:  # from the users db: its entry is broken
+            self._reply(conn, job_id, f"ZUnable to look up the user: {exc}. (#4.3.0)".encode())
+            return None
         if len(record) > MAX_RECORD:
             self._reply(conn, job_id, b"DSorry, delivery request too long. (#5.1.3)")
             return None
