@@ -18,6 +18,7 @@ from pyqmail.lspawn.workers import (
     SLOW,
     Request,
     decode_results,
+    encode_jobs,
     encode_request,
     run_worker,
 )
@@ -46,7 +47,7 @@ def run_batch(tmp_path: Path, jobs: list[tuple[UserMatch, str]]) -> list[bytes]:
         fd = os.open(mess / "42", os.O_RDONLY)
         rcpt = f"{u.user}@example.net".encode()
         req = Request("1/42", b"a@example.org", rcpt, key, False, u, "./Maildir/")
-        socket.send_fds(ours, [encode_request(req)], [fd])
+        socket.send_fds(ours, [encode_jobs([encode_request(req)])], [fd])
         os.close(fd)
     pid = os.fork()
     if pid == 0:
@@ -116,3 +117,29 @@ def test_a_user_with_a_quota_is_delivered_alone(tmp_path: Path) -> None:
     results = [res for r in records if r != SLOW for res in decode_results(r) or []]
     assert [(code, grouped) for code, _, grouped in results] == [(0, False), (0, True), (0, False)]
     assert len(os.listdir(tmp_path / "joe" / "Maildir" / "new")) == 2
+
+
+def test_a_record_with_a_descriptor_missing_makes_the_worker_exit_unanswered(
+    tmp_path: Path,
+) -> None:
+    """Not what lspawn sends: no job of it is guessed at; lspawn sees EOF (a crash)."""
+    joe = user(tmp_path, "joe", "./Maildir/\n")
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    reqs = [
+        encode_request(Request("1/42", b"", b"joe@x", f"1.Q1R{i}", False, joe, "./Maildir/"))
+        for i in range(2)
+    ]
+    fd = os.open(tmp_path / "joe" / ".qmail", os.O_RDONLY)
+    socket.send_fds(ours, [encode_jobs(reqs)], [fd])
+    os.close(fd)
+    pid = os.fork()
+    if pid == 0:
+        ours.close()
+        run_worker(theirs, Home(str(tmp_path / "qmail")), os.getuid(), os.getgid())
+    theirs.close()
+    ours.settimeout(60)
+    assert ours.recv(1 << 16) == b""
+    ours.close()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 111
+    assert os.listdir(tmp_path / "joe" / "Maildir" / "new") == []

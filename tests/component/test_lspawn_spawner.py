@@ -9,6 +9,7 @@ them, with the "maybe done" flag).
 
 from __future__ import annotations
 
+import os
 import selectors
 import socket
 import subprocess
@@ -106,8 +107,13 @@ def test_a_mangled_report_kills_the_worker_and_crashes_its_jobs(
     assert len(fakes.procs) == 1, "both jobs queued on the one grouping worker"
     worker_end = fakes.ends[0]
     worker_end.settimeout(10)
-    assert worker_end.recv(65536).count(b"\0") == 10  # one job record each
-    assert worker_end.recv(65536).count(b"\0") == 10
+    spawner._send_jobs()  # at the end of the loop turn: both jobs in one record
+    data, fds, _, _ = socket.recv_fds(worker_end, 65536, 4)
+    jobs = netstring.decode_all(data, limit=65536, max_items=4)
+    assert [j.count(b"\0") for j in jobs] == [10, 10]
+    assert len(fds) == 2
+    for fd in fds:
+        os.close(fd)
     worker_end.send(report)
     [worker] = spawner.workers.values()
     spawner._read_worker(worker.sock.fileno())
@@ -124,6 +130,11 @@ def test_results_for_a_group_answer_its_jobs_in_order(spawner: lspawn_main.Spawn
     send_end = ask(spawner, 3)
     fakes: FakeWorkers = spawner.fakes  # type: ignore[attr-defined]
     worker_end = fakes.ends[0]
+    spawner._send_jobs()
+    _, fds, _, _ = socket.recv_fds(worker_end, 65536, 4)
+    assert len(fds) == 3
+    for fd in fds:
+        os.close(fd)
     worker_end.send(
         encode_result(0, b"did 1+0+0\n", grouped=True)
         + encode_result(111, b"Unable to write.", grouped=True)

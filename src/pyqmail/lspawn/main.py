@@ -44,6 +44,7 @@ from pyqmail.lspawn.workers import (
     SLOW,
     Request,
     decode_results,
+    encode_jobs,
     encode_request,
     fork_worker,
 )
@@ -53,6 +54,7 @@ from pyqmail.unix.logfmt import log
 MESSPATH_RE = re.compile(rb"\A[0-9]{1,3}/[0-9]{1,20}\Z")
 KEY_RE = re.compile(rb"\A[0-9]{1,20}\.Q[0-9]{1,20}R[0-9a-f]{8}\Z")
 MAX_ADDRESS = 1000
+MAX_JOB = MAX_RECORD - 16  # a job alone in a record, in its netstring
 IDLE_RETIRE_S = 60.0
 
 Identity = tuple[int, int]
@@ -79,6 +81,21 @@ class Worker:
     # it. False once it said it runs something slow (a program...)
     grouping: bool = True
     idle_since: float = 0.0
+    # jobs given to it in this loop turn, sent together at its end:
+    # (request record, message descriptor)
+    outbox: list[tuple[bytes, int]] = field(default_factory=list)
+
+
+def _record_part(out: list[tuple[bytes, int]], start: int) -> list[tuple[bytes, int]]:
+    """The jobs from out[start] on that fit in one record to a worker (at least one)."""
+    size = 0
+    end = start
+    while end < len(out) and (
+        end == start or (size + len(out[end][0]) + 16 <= MAX_RECORD and end - start < BATCH_MAX)
+    ):
+        size += len(out[end][0]) + 16  # the netstring around it
+        end += 1
+    return out[start:end]
 
 
 def exit_to_report(code: int | None, output: bytes) -> bytes:
@@ -147,8 +164,10 @@ class Spawner:
                     self._read_conn(key.fileobj)  # type: ignore[arg-type]
                 else:
                     self._read_worker(key.fd)
-            if self.pending:
-                self._start_pending()
+            for _ in range(3):  # again only for jobs whose worker just went away
+                if self.pending:
+                    self._start_pending()
+                self._send_jobs()
             self._send_replies()
             self._retire_idle(time.monotonic() - IDLE_RETIRE_S)
         self._retire_idle(float("inf"))
@@ -247,7 +266,7 @@ class Spawner:
         except ValueError as exc:  # from the users db: its entry is broken
             self._reply(conn, job_id, f"ZUnable to look up the user: {exc}. (#4.3.0)".encode())
             return None
-        if len(record) > MAX_RECORD:
+        if len(record) > MAX_JOB:
             self._reply(conn, job_id, b"DSorry, delivery request too long. (#5.1.3)")
             return None
         # as root a worker becomes the recipient; otherwise every worker is us
@@ -268,15 +287,29 @@ class Spawner:
                 task, f"Zqmail-spawn unable to open message: {exc.strerror}. (#4.3.0)".encode()
             )
             return
-        try:
-            socket.send_fds(worker.sock, [task.record], [fd])
-        except OSError:
-            self._worker_gone(worker)  # reaped now; its tasks are crashes
-            self.pending.appendleft(task)  # started again at the end of this loop turn
-            return
-        finally:
-            os.close(fd)
+        worker.outbox.append((task.record, fd))
         worker.tasks.append(task)
+
+    def _send_jobs(self) -> None:
+        """Send each worker the jobs it got in this loop turn, as few records as fit."""
+        for worker in [w for w in self.workers.values() if w.outbox]:
+            out, worker.outbox = worker.outbox, []
+            sent = 0
+            try:
+                while sent < len(out):
+                    part = _record_part(out, sent)
+                    socket.send_fds(
+                        worker.sock, [encode_jobs([r for r, _ in part])], [fd for _, fd in part]
+                    )
+                    sent += len(part)
+            except OSError:
+                # gone: what it never got is started again, the rest crashed
+                unsent = [worker.tasks.pop() for _ in range(len(out) - sent)]
+                self._worker_gone(worker)
+                self.pending.extendleft(unsent)
+            finally:
+                for _, fd in out:
+                    os.close(fd)
 
     def _worker_for(self, identity: Identity) -> Worker | None:
         """The worker to take a delivery for identity, or None: wait for one.
@@ -344,6 +377,9 @@ class Spawner:
             code: int | None = os.waitstatus_to_exitcode(status)
         except ChildProcessError:
             code = None
+        for _, fd in worker.outbox:
+            os.close(fd)
+        worker.outbox.clear()
         if worker.tasks:
             log(f"warning: lspawn worker {worker.pid} died with status {code}")
         while worker.tasks:

@@ -50,7 +50,7 @@ BATCH_MAX = 16
 # a record of results for a whole batch must fit in one SEQPACKET record
 assert BATCH_MAX * (REPORT_LIMIT + 32) <= MAX_RECORD
 FD_SIZE = array.array("i").itemsize
-FDS_SPACE = socket.CMSG_SPACE(FD_SIZE)  # one descriptor per job
+FDS_SPACE = socket.CMSG_SPACE(BATCH_MAX * FD_SIZE)  # one descriptor per job
 SLOW = b"S"  # worker -> lspawn: the next delivery runs a program, or is not Maildir-only
 
 
@@ -152,7 +152,17 @@ def decode_results(data: bytes) -> list[tuple[int, bytes, bool]] | None:
     return out
 
 
-Job = tuple[bytes, list[int]]  # one record from lspawn and the descriptors it carried
+Job = tuple[bytes, int]  # one job's fields, and its message's descriptor
+
+
+class BadRecord(Exception):
+    """A record from lspawn that is not jobs with one descriptor each."""
+
+
+def encode_jobs(jobs: list[bytes]) -> bytes:
+    """One record for several jobs (each from encode_request); their
+    descriptors go with it, one per job, in the same order."""
+    return b"".join(netstring.encode(j) for j in jobs)
 
 
 def run_worker(sock: socket.socket, home: Home, uid: int, gid: int) -> None:
@@ -165,16 +175,15 @@ def run_worker(sock: socket.socket, home: Home, uid: int, gid: int) -> None:
             drop_privileges(uid, gid)
         host = socket.gethostname()
         while True:
-            jobs = _receive(sock, 1)  # the others waiting join as its group is written
+            jobs = _receive(sock, wait=True)
             if not jobs:
                 code = 0
                 return  # lspawn retired us, or is gone
             try:
                 healthy = _run_batch(sock, home, host, jobs)
             finally:
-                for _, fds in jobs:
-                    for fd in fds:
-                        os.close(fd)
+                for _, fd in jobs:
+                    os.close(fd)
             if not healthy:
                 return
     except BaseException:
@@ -184,37 +193,53 @@ def run_worker(sock: socket.socket, home: Home, uid: int, gid: int) -> None:
         os._exit(code)
 
 
-def _receive(sock: socket.socket, limit: int = BATCH_MAX, *, wait: bool = True) -> list[Job]:
-    """Wait for a job (unless not wait), then take every other job already waiting."""
+def _receive(sock: socket.socket, *, wait: bool) -> list[Job]:
+    """The jobs waiting (first waiting for some, if wait); [] at EOF.
+
+    Stops at BATCH_MAX: lspawn never has more unanswered on one worker.
+    A record that is not what lspawn sends raises BadRecord: the worker
+    exits and lspawn reports its jobs as crashed.
+    """
     jobs: list[Job] = []
     flags = 0 if wait else socket.MSG_DONTWAIT
-    while len(jobs) < limit:
+    while len(jobs) < BATCH_MAX:
         try:
-            data, fds = _recv_job(sock, flags)
+            got = _recv_jobs(sock, flags)
         except BlockingIOError:
             break
         except OSError:
-            data, fds = b"", []
-        if not data:
-            for fd in fds:
-                os.close(fd)
-            if not jobs:
-                return []
-            break  # EOF after these: they still run, the next receive sees it
-        jobs.append((data, fds))
+            got = None
+        if got is None:
+            break  # EOF: these still run, the next receive sees it again
+        jobs.extend(got)
         flags = socket.MSG_DONTWAIT
     return jobs
 
 
-def _recv_job(sock: socket.socket, flags: int) -> Job:
-    """One record and its descriptors (socket.recv_fds ignores flags before 3.12)."""
-    data, ancdata, _flags, _addr = sock.recvmsg(MAX_RECORD, FDS_SPACE, flags)
+def _recv_jobs(sock: socket.socket, flags: int) -> list[Job] | None:
+    """The jobs of one record with their descriptors; None at EOF.
+
+    (socket.recv_fds ignores flags before Python 3.12.)
+    """
+    data, ancdata, msg_flags, _addr = sock.recvmsg(MAX_RECORD, FDS_SPACE, flags)
     fds: list[int] = []
     for level, kind, payload in ancdata:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             usable = len(payload) - len(payload) % FD_SIZE
             fds.extend(array.array("i", payload[:usable]))
-    return data, fds
+    try:
+        if not data:
+            return None
+        if msg_flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+            raise BadRecord("a job record cut short")
+        records = netstring.decode_all(data, limit=MAX_RECORD, max_items=BATCH_MAX)
+        if len(records) != len(fds):
+            raise BadRecord(f"{len(records)} jobs with {len(fds)} descriptors")
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    return list(zip(records, fds, strict=True))
 
 
 def _run_batch(sock: socket.socket, home: Home, host: str, jobs: list[Job]) -> bool:
@@ -230,9 +255,9 @@ def _run_batch(sock: socket.socket, home: Home, host: str, jobs: list[Job]) -> b
     try:
         done = 0
         while done < len(jobs):
-            for data, fds in jobs[done:]:
+            for data, fd in jobs[done:]:
                 done += 1
-                item = _start_job(home, host, data, fds)
+                item = _start_job(home, host, data, fd)
                 if isinstance(item, Started) and item.copies is None:
                     batch.report()
                     sock.sendall(SLOW)
@@ -243,7 +268,7 @@ def _run_batch(sock: socket.socket, home: Home, host: str, jobs: list[Job]) -> b
             if batch.waiting and done < BATCH_MAX:
                 # jobs that came while these were written join their group (the
                 # caller closes their descriptors with the others')
-                jobs.extend(_receive(sock, BATCH_MAX - done, wait=False))
+                jobs.extend(_receive(sock, wait=False))
         batch.report()
     except Exception:
         # a bug in delivery: defer every job not yet reported, and start the
@@ -291,7 +316,9 @@ class _Batch:
                 record.append(encode_result(rc, _text(text), grouped=True))
             else:
                 record.append(encode_result(*item))
-        self.send(b"".join(record), len(waiting))
+        for i in range(0, len(record), BATCH_MAX):  # more only if lspawn broke its cap
+            part = record[i : i + BATCH_MAX]
+            self.send(b"".join(part), len(part))
         waiting.clear()
 
 
@@ -299,7 +326,7 @@ def _text(text: str) -> bytes:
     return text.encode("utf-8", "replace")
 
 
-def _start_job(home: Home, host: str, data: bytes, fds: list[int]) -> Started | tuple[int, bytes]:
+def _start_job(home: Home, host: str, data: bytes, fd: int) -> Started | tuple[int, bytes]:
     """Read a job's .qmail and write its Maildir copies; (code, report) if it ended already.
 
     The fd is opened by lspawn before this worker's privileges were dropped:
@@ -309,10 +336,8 @@ def _start_job(home: Home, host: str, data: bytes, fds: list[int]) -> Started | 
         req = decode_request(data)
     except ValueError as exc:
         return EXIT_TEMP, f"bad job from lspawn: {exc}".encode()
-    if len(fds) != 1:
-        return EXIT_TEMP, b"Unable to open message: no descriptor from lspawn. (#4.3.0)"
     path = home.q("mess", req.messpath)
-    job = LocalJob(path, req.sender, req.rcpt, req.key, req.retry, message_fd=fds[0])
+    job = LocalJob(path, req.sender, req.rcpt, req.key, req.retry, message_fd=fd)
     item = start(Delivery(home, job, req.user, req.aliasempty, host))
     if isinstance(item, Started):
         return item
