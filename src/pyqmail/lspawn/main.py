@@ -3,19 +3,25 @@
 Runs as: root when started as root (only to become each recipient); the
          invoking user in embedded mode.
 Reads:   delivery requests from send on its Unix socket; users/cdb (or users/assign);
-         control/defaultdelivery, control/concurrencylocal.
+         control/defaultdelivery, control/concurrencylocal, control/syncmode.
 Writes:  nothing itself; its workers deliver as the recipient.
 Trusts:  send's requests are parsed strictly (6 fields, bounded sizes);
          the message path must name a file under queue/mess. Its workers
-         only for the reports of the jobs it gave them.
+         only for the reports of the jobs it gave them: a worker whose
+         report is mangled, or answers more jobs than it has, is killed.
 
 Single-threaded, no event loop. Deliveries run in workers forked from this
 clean, preloaded process (see workers.py): one identity per worker (the
 recipient's uid when root, ours in embedded mode), at most
-concurrencylocal of them, idle ones retired after a while. Two requests for
-the same (message, recipient) key never run at once: the second waits for
-the first's result, so a retry after send restarts cannot race the attempt
-still running.
+concurrencylocal of them, idle ones retired after a while. While a worker
+is busy with Maildir-only deliveries, more for its identity are queued on
+it (up to BATCH_MAX), so that it commits them as one group; a worker that
+said SLOW (it runs a program) gets jobs only when idle again, until one of
+its deliveries is a grouped one again. The jobs a worker gets in one loop
+turn go in one record, and the replies to send of one turn in one write.
+Two requests for the same (message, recipient) key never run at once: the
+second waits for the first's result, so a retry after send restarts cannot
+race the attempt still running.
 """
 
 from __future__ import annotations

@@ -134,8 +134,9 @@ def decode_results(data: bytes) -> list[tuple[int, bytes, bool]] | None:
     """[(exit code, report text, grouped)] from one worker record; None if mangled.
 
     A record holds the results of one or more jobs, in the order they were
-    sent. grouped: the delivery was Maildir-only and went through a group
-    commit, a hint that this worker's next deliveries will be quick too.
+    sent. grouped: the job was reported with its group (a Maildir-only
+    delivery, or one that failed before delivering anything), not run alone
+    after SLOW: a hint that this worker's next deliveries will be quick too.
     """
     try:
         fields = netstring.decode_all(data, limit=MAX_RECORD, max_items=3 * BATCH_MAX)
@@ -314,8 +315,8 @@ class _Batch:
             if isinstance(item, Started):
                 rc, text = complete(item)
                 record.append(encode_result(rc, _text(text), grouped=True))
-            else:
-                record.append(encode_result(*item))
+            else:  # ended early (a failure): it ran nothing slow either
+                record.append(encode_result(item[0], item[1], grouped=True))
         for i in range(0, len(record), BATCH_MAX):  # more only if lspawn broke its cap
             part = record[i : i + BATCH_MAX]
             self.send(b"".join(part), len(part))
