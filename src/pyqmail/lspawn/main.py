@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import importlib
 import os
 import re
 import selectors
@@ -54,7 +55,6 @@ from pyqmail.lspawn.workers import (
     encode_request,
     fork_worker,
 )
-from pyqmail.unix import durable
 from pyqmail.unix.logfmt import log
 
 MESSPATH_RE = re.compile(rb"\A[0-9]{1,3}/[0-9]{1,20}\Z")
@@ -428,9 +428,9 @@ class Spawner:
 
 def serve(home: Home) -> None:
     apply_syncmode(home)
-    # a first sync loads what durable needs for syncfs (ctypes) here, as
-    # root, rather than in each worker after it dropped privileges
-    durable.sync_dir(home.root)
+    # what durable loads at its first syncfs, loaded here as root: a worker
+    # that dropped privileges may not be able to read the module files
+    importlib.import_module("ctypes")
     spawner = Spawner(home)
     # the preloaded heap, kept out of the collector, stays shared with the
     # workers instead of being copied page by page as gc touches it
