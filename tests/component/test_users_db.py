@@ -45,6 +45,9 @@ def test_lspawn_reads_users_cdb_and_assign_edits_wait_for_qmail_newu(home: Home)
     db = cache.get()
     assert db is not None
     assert db.lookup("joe") is None  # users/cdb is unchanged until qmail-newu runs
+    same = cache.get()
+    assert same is not None
+    assert same.lookup("JOE") is None  # remembered so: the next load must forget it
     res = subprocess.run(
         [str(BIN / "qmail-newu")], env=environ_with_home(Path(home.root)), check=False
     )

@@ -6,12 +6,13 @@ import pytest
 
 from pyqmail.formats import netstring
 from pyqmail.formats.assign import UserMatch
-from pyqmail.local.deliver import EXIT_TEMP
 from pyqmail.lspawn.workers import (
+    BATCH_MAX,
+    MAX_RECORD,
     REPORT_LIMIT,
     Request,
     decode_request,
-    decode_result,
+    decode_results,
     encode_request,
     encode_result,
 )
@@ -29,22 +30,56 @@ def test_request_with_a_missing_or_extra_field_is_refused() -> None:
     data = encode_request(
         Request("7/1", b"", b"a@b", "k", False, UserMatch("u", 1, 1, "/h", "", ""), "./Maildir/")
     )
-    fields = netstring.decode_all(data, limit=1 << 16, max_items=20)
-    for bad in (fields[:-1], [*fields, b"x"]):
+    fields = data.split(b"\0")
+    for bad in (fields[:-1], [*fields, b"x"], [*fields[:-1], b"1"], [*fields[:-1], b"1:x"]):
         with pytest.raises(ValueError):
-            decode_request(b"".join(netstring.encode(f) for f in bad))
+            decode_request(b"\0".join(bad))
+    with pytest.raises(ValueError):
+        decode_request(data + b"x" * (1 << 16))
+
+
+def test_a_nul_in_a_field_cannot_shift_the_others() -> None:
+    """A NUL byte (from a broken users db entry) is refused when the job is made."""
+    user = UserMatch("joe", 1001, 100, "/home/joe\0/evil", "", "")
+    with pytest.raises(ValueError):
+        encode_request(Request("7/1", b"", b"a@b", "k", False, user, "./Maildir/"))
 
 
 def test_result_round_trip_and_report_is_cut() -> None:
-    assert decode_result(encode_result(0, b"did 1+0+0\n")) == (0, b"did 1+0+0\n")
-    code, text = decode_result(encode_result(100, b"x" * 10000))
+    assert decode_results(encode_result(0, b"did 1+0+0\n")) == [(0, b"did 1+0+0\n", False)]
+    [(code, text, _)] = decode_results(encode_result(100, b"x" * 10000)) or []
     assert code == 100
     assert len(text) == REPORT_LIMIT + 1
 
 
+def test_a_record_carries_a_whole_groups_results_in_order() -> None:
+    record = b"".join(encode_result(code, b"r%d" % code, grouped=True) for code in (0, 111, 100, 0))
+    assert decode_results(record) == [
+        (0, b"r0", True),
+        (111, b"r111", True),
+        (100, b"r100", True),
+        (0, b"r0", True),
+    ]
+
+
+def test_the_biggest_group_of_reports_fits_in_one_record() -> None:
+    record = b"".join(encode_result(111, b"x" * 10000) for _ in range(BATCH_MAX))
+    assert len(record) <= MAX_RECORD
+    assert len(decode_results(record) or []) == BATCH_MAX
+
+
 @pytest.mark.parametrize(
     "data",
-    [b"", b"garbage", netstring.encode(b"0"), netstring.encode(b"-1") + netstring.encode(b"")],
+    [
+        b"",
+        b"garbage",
+        netstring.encode(b"0"),
+        netstring.encode(b"-1") + netstring.encode(b"") + netstring.encode(b"0"),
+        netstring.encode(b"0") + netstring.encode(b""),  # no grouped flag
+        netstring.encode(b"0") + netstring.encode(b"") + netstring.encode(b"2"),
+        encode_result(0, b"") + netstring.encode(b"0"),  # a second result cut short
+        encode_result(0, b"") * (BATCH_MAX + 1),  # more than a batch
+    ],
 )
-def test_mangled_result_is_a_temporary_failure(data: bytes) -> None:
-    assert decode_result(data) == (EXIT_TEMP, b"qmail-local sent a mangled report.")
+def test_a_mangled_record_is_refused_whole(data: bytes) -> None:
+    assert decode_results(data) is None

@@ -18,6 +18,7 @@ import stat
 import subprocess
 import sysconfig
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -28,7 +29,7 @@ from pyqmail.formats import mbox as mbox_fmt
 from pyqmail.formats.assign import UserMatch
 from pyqmail.formats.maildir import safe_host, unique_of
 from pyqmail.ipc.queue_proto import submit_sync
-from pyqmail.local import quota
+from pyqmail.local import maildircommit, quota
 from pyqmail.unix import durable
 from pyqmail.unix.mboxlock import LockTimeout, lock_mbox
 
@@ -37,6 +38,7 @@ PERM_PROGRAM_CODES = {64, 65, 70, 76, 77, 78, 100, 112}
 MAX_DOTQMAIL_BYTES = 1 << 20
 HEADER_SCAN_BYTES = 1 << 20
 MBOX_LOCK_WAIT_S = 30
+READ_CHUNK = 1 << 20
 # where the helper programs (forward, preline...) are installed; looked up at
 # import, as root: sysconfig loads modules a mail user may not be able to read
 SCRIPTS_DIR = sysconfig.get_path("scripts")
@@ -72,6 +74,31 @@ class LocalJob:
             return open(self.message_path, "rb")
         os.lseek(self.message_fd, 0, os.SEEK_SET)
         return os.fdopen(os.dup(self.message_fd), "rb")
+
+    def read_message(self) -> bytes:
+        if self.message_fd is None:
+            with open(self.message_path, "rb") as fh:
+                return fh.read()
+        chunks = []
+        offset = 0
+        while chunk := os.pread(self.message_fd, READ_CHUNK, offset):
+            chunks.append(chunk)
+            offset += len(chunk)
+        return b"".join(chunks)
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    instructions: list[dotqmail.Instruction]
+    default: str | None  # DEFAULT for programs, from a .qmail-...-default
+    forward_only: bool
+
+    @property
+    def maildir_only(self) -> bool:
+        """Nothing but Maildir lines: the deliveries a worker can commit as a group."""
+        return not self.forward_only and all(
+            isinstance(i, (dotqmail.Maildir, dotqmail.Comment)) for i in self.instructions
+        )
 
 
 @dataclass(slots=True)
@@ -121,13 +148,15 @@ def header_has_line(msg: bytes, line: bytes) -> bool:
 
 
 class Delivery:
-    def __init__(self, home: Home, job: LocalJob, user: UserMatch, aliasempty: str) -> None:
+    def __init__(
+        self, home: Home, job: LocalJob, user: UserMatch, aliasempty: str, host: str | None = None
+    ) -> None:
         self.home = home
         self.job = job
         self.user = user
         self.aliasempty = aliasempty
         self.out = Outcome()
-        self.host = socket.gethostname()
+        self.host = socket.gethostname() if host is None else host
         local, _, domain = job.recipient.rpartition(b"@")
         self.local, self.domain = local, domain
         self.dt = dtline(job.recipient)
@@ -135,12 +164,12 @@ class Delivery:
         self._msg: bytes | None = None
         self._newsender: bytes | None = None
         self._quotas: dict[str, int] | None = None
+        self._quota_file: bool | None = None
 
     @property
     def message(self) -> bytes:
         if self._msg is None:
-            with self.job.open_message() as fh:
-                self._msg = fh.read()
+            self._msg = self.job.read_message()
         return self._msg
 
     # -- which .qmail -------------------------------------------------------
@@ -211,56 +240,111 @@ class Delivery:
 
     def check_quota(self, rel: str, used: int) -> None:
         """Soft limit: defer when the mailbox is already at or over the user's quota."""
+        limit = self.quota_limit()
+        if limit and used >= limit:
+            raise temp(f"Sorry, {rel} is over its quota of {limit} bytes. (#4.2.2)")
+
+    def quota_limit(self) -> int:
+        """The user's limit from control/quotas; 0: none."""
         if self._quotas is None:
             path = self.home.control("quotas")
             try:
                 self._quotas = quota.parse_quotas(read_control(self.home, "quotas"), path=path)
             except (OSError, ValueError) as exc:
                 raise temp(f"Unable to read control/quotas: {exc}. (#4.3.0)") from exc
-        limit = quota.limit_for(self._quotas, self.user.user)
-        if limit and used >= limit:
-            raise temp(f"Sorry, {rel} is over its quota of {limit} bytes. (#4.2.2)")
+        return quota.limit_for(self._quotas, self.user.user)
 
     def _has_quota(self) -> bool:
-        return os.path.exists(self.home.control("quotas"))
+        if self._quota_file is None:  # looked at once per delivery
+            self._quota_file = os.path.exists(self.home.control("quotas"))
+        return self._quota_file
+
+    def groupable(self, plan: Plan) -> bool:
+        """Maildir-only, and no quota to measure: the copies can wait for a group commit.
+
+        A quota is measured before each delivery, so with one the deliveries
+        go one at a time: of a group, all would be measured before any landed.
+        """
+        return plan.maildir_only and not (self._has_quota() and self.quota_limit())
 
     # -- the instructions ------------------------------------------------------
-    def run(self) -> str:
+    def plan(self) -> Plan:
+        """The loop check and the .qmail instructions, before anything is delivered."""
         if header_has_line(self.message, self.dt):
             raise perm("This message is looping: it already has my Delivered-To line. (#5.4.6)")
         lines, default, forward_only = self.find_dotqmail()
+        return Plan([dotqmail.parse_line(raw) for raw in lines], default, forward_only)
+
+    def run(self, plan: Plan | None = None) -> str:
+        if plan is None:
+            plan = self.plan()
         forwards: list[bytes] = []
-        for raw in lines:
-            ins = dotqmail.parse_line(raw)
+        for ins in plan.instructions:
             if isinstance(ins, dotqmail.Comment):
                 continue
             if isinstance(ins, dotqmail.Forward):
                 forwards.append(ins.address.encode("utf-8", "surrogateescape"))
                 continue
-            if forward_only:
+            if plan.forward_only:
                 kind = "prog" if isinstance(ins, dotqmail.Program) else "file"
                 raise temp(f"Uh-oh: .qmail has {kind} delivery but has x bit set. (#4.7.0)")
             if isinstance(ins, dotqmail.Maildir):
                 self.maildir(ins.path)
             elif isinstance(ins, dotqmail.Mbox):
                 self.mbox(ins.path)
-            elif isinstance(ins, dotqmail.Program) and self.program(ins.command, default):
+            elif isinstance(ins, dotqmail.Program) and self.program(ins.command, plan.default):
                 break  # exit 99: stop here, keep earlier forwards
         report = ""
         if forwards:
             report = self.forward(forwards)
-        return f"did {self.out.files}+{self.out.forwards}+{self.out.programs}\n{report}"
+        return self.report(report)
+
+    def report(self, extra: str = "") -> str:
+        return f"did {self.out.files}+{self.out.forwards}+{self.out.programs}\n{extra}"
+
+    def stage(self, plan: Plan) -> list[maildircommit.Copy]:
+        """A Maildir-only plan's copies, written but not yet durable (see maildircommit).
+
+        The caller commits them, with other deliveries' copies, then calls
+        finish(). A failure here has written nothing that could be mistaken
+        for a delivery.
+        """
+        copies: list[maildircommit.Copy] = []
+        try:
+            for ins in plan.instructions:
+                if isinstance(ins, dotqmail.Maildir):
+                    copies.append(self._maildir_copy(ins.path))  # noqa: PERF401 (kept on error)
+        except BaseException:
+            for c in copies:
+                maildircommit.discard(c)
+            raise
+        return copies
+
+    def finish(self, copies: list[maildircommit.Copy]) -> str:
+        """The report once the copies are committed; the first failed copy's error."""
+        for c in copies:
+            if c.error is not None:
+                raise temp(c.error)
+        self.out.files += len(copies)
+        return self.report()
 
     def _path(self, rel: str) -> str:
         return os.path.join(self.user.home, rel)
 
     def maildir(self, rel: str) -> None:
+        copy = self._maildir_copy(rel)
+        maildircommit.commit([copy])
+        if copy.error is not None:
+            raise temp(copy.error)
+        self.out.files += 1
+
+    def _maildir_copy(self, rel: str) -> maildircommit.Copy:
         base = self._path(rel)
         name = f"{self.job.key}.{safe_host(self.host)}"
-        new = os.path.join(base, "new", name)
         if self.job.retry and self._already_in_maildir(base, name):
-            self.out.files += 1
-            return
+            # the earlier attempt may have died before syncing new/: the
+            # commit syncs it again before this is reported
+            return maildircommit.present(rel, base, name)
         self._make_subfolder(base)
         if self._has_quota():
             try:
@@ -268,28 +352,11 @@ class Delivery:
             except OSError as exc:
                 raise temp(f"Unable to measure {rel}: {exc}. (#4.3.0)") from exc
             self.check_quota(rel, used)
-        tmp = os.path.join(base, "tmp", f"{name}.{os.getpid()}")
         try:
-            durable.unlink_quiet(tmp)
-            fd = durable.create_exclusive(tmp, 0o600)
-        except OSError as exc:
-            raise temp(f"Unable to open tmp file in {rel}: {exc.strerror}. (#4.2.1)") from exc
-        try:
-            try:
-                durable.write_all(fd, self.rp + self.dt + self.message)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            try:
-                os.link(tmp, new)
-            except FileExistsError:
-                pass  # an earlier attempt got here first: that copy is the delivery
-            durable.fsync_dir(os.path.join(base, "new"))
-        except OSError as exc:
-            raise temp(f"Unable to write to {rel}: {exc.strerror}. (#4.3.0)") from exc
-        finally:
-            durable.unlink_quiet(tmp)
-        self.out.files += 1
+            return maildircommit.write(rel, base, name, (self.rp, self.dt, self.message))
+        except maildircommit.CopyError as exc:
+            code = "4.2.1" if exc.what.startswith("open") else "4.3.0"
+            raise temp(f"Unable to {exc.what} {rel}: {exc.strerror}. (#{code})") from exc
 
     @staticmethod
     def _make_subfolder(base: str) -> None:
@@ -425,11 +492,56 @@ class Delivery:
         return f"qp {res.msg_id}\n"
 
 
-def deliver(home: Home, job: LocalJob, user: UserMatch, aliasempty: str) -> tuple[int, str]:
+def _outcome(step: Callable[[], str]) -> tuple[int, str]:
+    """(exit code, report) of a step, with qmail-local's exit codes."""
     try:
-        report = Delivery(home, job, user, aliasempty).run()
+        report = step()
     except Failure as f:
         return f.code, f.text
     except OSError as exc:
-        return EXIT_TEMP, f"Local delivery trouble: {exc}. (#4.3.0)"
+        return EXIT_TEMP, _trouble(exc)
     return EXIT_OK, report
+
+
+def _trouble(exc: OSError) -> str:
+    return f"Local delivery trouble: {exc}. (#4.3.0)"
+
+
+def deliver(
+    home: Home, job: LocalJob, user: UserMatch, aliasempty: str, host: str | None = None
+) -> tuple[int, str]:
+    return _outcome(Delivery(home, job, user, aliasempty, host).run)
+
+
+@dataclass(slots=True)
+class Started:
+    """A delivery whose .qmail has been read, and if it is Maildir-only, written.
+
+    copies is None for any other delivery: complete() runs it whole. A
+    Maildir-only delivery's copies wait for maildircommit.commit(), shared
+    with the other deliveries of the batch, before complete() reports it.
+    """
+
+    delivery: Delivery
+    plan: Plan
+    copies: list[maildircommit.Copy] | None
+
+
+def start(delivery: Delivery) -> Started | tuple[int, str]:
+    """Begin a delivery; (exit code, report) when it already ended (a failure)."""
+    try:
+        plan = delivery.plan()
+        copies = delivery.stage(plan) if delivery.groupable(plan) else None
+    except Failure as f:
+        return f.code, f.text
+    except OSError as exc:
+        return EXIT_TEMP, _trouble(exc)
+    return Started(delivery, plan, copies)
+
+
+def complete(started: Started) -> tuple[int, str]:
+    """Run a delivery that was not staged, or report one whose copies are committed."""
+    copies = started.copies
+    if copies is None:
+        return _outcome(lambda: started.delivery.run(started.plan))
+    return _outcome(lambda: started.delivery.finish(copies))

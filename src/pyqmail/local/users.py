@@ -28,6 +28,7 @@ from pyqmail.unix import accounts
 
 MAX_PW_NAME = 32
 MAX_USERS_CDB_BYTES = 1 << 30
+MEMO_MAX = 10_000  # local parts remembered per users db
 
 
 class UserDb(Protocol):
@@ -55,6 +56,26 @@ class CdbUsers:
         return userscdb.lookup(self._get, local.encode("utf-8", "surrogateescape"))
 
 
+class MemoUsers:
+    """Lookups in one loaded users db, remembered: that db never changes under them
+    (a new users/cdb is a new AssignCache load, and a new MemoUsers)."""
+
+    def __init__(self, db: UserDb) -> None:
+        self.db = db
+        self._hits: dict[str, UserMatch | None] = {}
+
+    def lookup(self, local: str) -> UserMatch | None:
+        try:
+            return self._hits[local]
+        except KeyError:
+            pass
+        hit = self.db.lookup(local)  # a corrupt db raises, and nothing is remembered
+        if len(self._hits) >= MEMO_MAX:
+            self._hits.clear()
+        self._hits[local] = hit
+        return hit
+
+
 class AssignCache:
     """users/cdb (else users/assign) loaded once and again when the file changes."""
 
@@ -71,7 +92,7 @@ class AssignCache:
                 continue
             stamp = (path, st.st_ino, st.st_mtime_ns, st.st_size)
             if stamp != self._stamp:
-                self._db = self._load(path)
+                self._db = MemoUsers(self._load(path))
                 self._stamp = stamp
             return self._db
         self._stamp, self._db = None, None

@@ -3,25 +3,32 @@
 Runs as: root when started as root (only to become each recipient); the
          invoking user in embedded mode.
 Reads:   delivery requests from send on its Unix socket; users/cdb (or users/assign);
-         control/defaultdelivery, control/concurrencylocal.
+         control/defaultdelivery, control/concurrencylocal, control/syncmode.
 Writes:  nothing itself; its workers deliver as the recipient.
 Trusts:  send's requests are parsed strictly (6 fields, bounded sizes);
          the message path must name a file under queue/mess. Its workers
-         only for the reports of the jobs it gave them.
+         only for the reports of the jobs it gave them: a worker whose
+         report is mangled, or answers more jobs than it has, is killed.
 
 Single-threaded, no event loop. Deliveries run in workers forked from this
 clean, preloaded process (see workers.py): one identity per worker (the
 recipient's uid when root, ours in embedded mode), at most
-concurrencylocal of them, idle ones retired after a while. Two requests for
-the same (message, recipient) key never run at once: the second waits for
-the first's result, so a retry after send restarts cannot race the attempt
-still running.
+concurrencylocal of them, idle ones retired after a while. While a worker
+is busy with Maildir-only deliveries, more for its identity are queued on
+it (up to BATCH_MAX), so that it commits them as one group; a worker that
+said SLOW (it runs a program) gets jobs only when idle again, until one of
+its deliveries is a grouped one again. The jobs a worker gets in one loop
+turn go in one record, and the replies to send of one turn in one write.
+Two requests for the same (message, recipient) key never run at once: the
+second waits for the first's result, so a retry after send restarts cannot
+race the attempt still running.
 """
 
 from __future__ import annotations
 
 import contextlib
 import gc
+import importlib
 import os
 import re
 import selectors
@@ -31,17 +38,20 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from pyqmail.config import Home, SendConfig, read_control
+from pyqmail.config import Home, SendConfig, apply_syncmode, read_control
 from pyqmail.formats import control, netstring
 from pyqmail.formats.address import split_at_last_at
 from pyqmail.ipc.frames import FrameBuffer, pack
 from pyqmail.ipc.listen import peer_allowed, send_uids, unix_listener
 from pyqmail.local.users import AssignCache, resolve
 from pyqmail.lspawn.workers import (
+    BATCH_MAX,
     MAX_RECORD,
     REPORT_LIMIT,
+    SLOW,
     Request,
-    decode_result,
+    decode_results,
+    encode_jobs,
     encode_request,
     fork_worker,
 )
@@ -50,6 +60,7 @@ from pyqmail.unix.logfmt import log
 MESSPATH_RE = re.compile(rb"\A[0-9]{1,3}/[0-9]{1,20}\Z")
 KEY_RE = re.compile(rb"\A[0-9]{1,20}\.Q[0-9]{1,20}R[0-9a-f]{8}\Z")
 MAX_ADDRESS = 1000
+MAX_JOB = MAX_RECORD - 16  # a job alone in a record, in its netstring
 IDLE_RETIRE_S = 60.0
 
 Identity = tuple[int, int]
@@ -61,6 +72,7 @@ class Task:
 
     key: bytes
     request: Request
+    record: bytes  # the request as sent to a worker
     identity: Identity
     waiters: list[tuple[socket.socket, bytes]] = field(default_factory=list)
 
@@ -70,8 +82,26 @@ class Worker:
     pid: int
     sock: socket.socket
     identity: Identity
-    task: Task | None = None
+    tasks: deque[Task] = field(default_factory=deque)  # sent to it, answered in order
+    # its deliveries are Maildir-only ones, done in groups: more may queue on
+    # it. False once it said it runs something slow (a program...)
+    grouping: bool = True
     idle_since: float = 0.0
+    # jobs given to it in this loop turn, sent together at its end:
+    # (request record, message descriptor)
+    outbox: list[tuple[bytes, int]] = field(default_factory=list)
+
+
+def _record_part(out: list[tuple[bytes, int]], start: int) -> list[tuple[bytes, int]]:
+    """The jobs from out[start] on that fit in one record to a worker (at least one)."""
+    size = 0
+    end = start
+    while end < len(out) and (
+        end == start or (size + len(out[end][0]) + 16 <= MAX_RECORD and end - start < BATCH_MAX)
+    ):
+        size += len(out[end][0]) + 16  # the netstring around it
+        end += 1
+    return out[start:end]
 
 
 def exit_to_report(code: int | None, output: bytes) -> bytes:
@@ -98,13 +128,25 @@ class Spawner:
         self.workers: dict[int, Worker] = {}  # by socket fd
         self.running: dict[bytes, Task] = {}
         self.pending: deque[Task] = deque()
+        self.outbox: dict[socket.socket, list[bytes]] = {}  # replies of this loop turn
         self.assign = AssignCache(home)
         self.stopping = False
         self.max_workers = max(1, SendConfig.load(home).concurrencylocal)
+        self.root = os.geteuid() == 0
+        self._aliasempty: tuple[tuple[int, int, int] | None, str] | None = None
 
     def aliasempty(self) -> str:
-        text = read_control(self.home, "defaultdelivery")
-        return control.parse_line(text, None) or "./Maildir/"
+        """control/defaultdelivery, read again only when the file changes."""
+        path = self.home.control("defaultdelivery")
+        try:
+            st = os.stat(path)
+            stamp: tuple[int, int, int] | None = (st.st_ino, st.st_mtime_ns, st.st_size)
+        except FileNotFoundError:
+            stamp = None
+        if self._aliasempty is None or self._aliasempty[0] != stamp:
+            text = read_control(self.home, "defaultdelivery")
+            self._aliasempty = (stamp, control.parse_line(text, None) or "./Maildir/")
+        return self._aliasempty[1]
 
     def busy(self) -> bool:
         return bool(self.running)
@@ -112,7 +154,10 @@ class Spawner:
     def serve(self) -> None:
         self.sel.register(self.listener, selectors.EVENT_READ, "listen")
         while not (self.stopping and not self.busy()):
-            for key, _ in self.sel.select(timeout=1.0):
+            # workers first: a SLOW notice or a result is seen before the
+            # requests that arrived in the same turn are given a worker
+            events = sorted(self.sel.select(timeout=1.0), key=lambda e: e[0].data != "worker")
+            for key, _ in events:
                 if key.data == "listen":
                     conn, _ = self.listener.accept()
                     if not peer_allowed(conn, self.allowed):  # only send may ask
@@ -125,8 +170,11 @@ class Spawner:
                     self._read_conn(key.fileobj)  # type: ignore[arg-type]
                 else:
                     self._read_worker(key.fd)
-            if self.pending:
-                self._start_pending()
+            for _ in range(3):  # again only for jobs whose worker just went away
+                if self.pending:
+                    self._start_pending()
+                self._send_jobs()
+            self._send_replies()
             self._retire_idle(time.monotonic() - IDLE_RETIRE_S)
         self._retire_idle(float("inf"))
 
@@ -136,6 +184,8 @@ class Spawner:
         conn.close()
 
     def _read_conn(self, conn: socket.socket) -> None:
+        if conn not in self.conns:
+            return  # dropped earlier in this loop turn
         try:
             data = conn.recv(65536)
         except OSError:
@@ -153,12 +203,19 @@ class Spawner:
             self._request(conn, frame)
 
     def _reply(self, conn: socket.socket, job_id: bytes, report: bytes) -> None:
-        if conn not in self.conns:
-            return  # that send is gone; its successor will ask again
-        try:
-            conn.sendall(pack(job_id, report))
-        except OSError:
-            self._drop_conn(conn)
+        """Held until the end of this loop turn: a group's reports go out in one write."""
+        if conn in self.conns:  # else that send is gone; its successor will ask again
+            self.outbox.setdefault(conn, []).append(pack(job_id, report))
+
+    def _send_replies(self) -> None:
+        outbox, self.outbox = self.outbox, {}
+        for conn, frames in outbox.items():
+            if conn not in self.conns:
+                continue
+            try:
+                conn.sendall(b"".join(frames))
+            except OSError:
+                self._drop_conn(conn)
 
     def _request(self, conn: socket.socket, frame: bytes) -> None:
         fields = frame.split(b"\0")
@@ -210,16 +267,21 @@ class Spawner:
         request = Request(
             messpath.decode(), sender, rcpt, key.decode(), retry, user, self.aliasempty()
         )
-        if len(encode_request(request)) > MAX_RECORD:
+        try:
+            record = encode_request(request)
+        except ValueError as exc:  # from the users db: its entry is broken
+            self._reply(conn, job_id, f"ZUnable to look up the user: {exc}. (#4.3.0)".encode())
+            return None
+        if len(record) > MAX_JOB:
             self._reply(conn, job_id, b"DSorry, delivery request too long. (#5.1.3)")
             return None
         # as root a worker becomes the recipient; otherwise every worker is us
-        identity = (user.uid, user.gid) if os.geteuid() == 0 else (os.geteuid(), os.getegid())
-        return Task(key + b"\0" + rcpt, request, identity, [(conn, job_id)])
+        identity = (user.uid, user.gid) if self.root else (os.geteuid(), os.getegid())
+        return Task(key + b"\0" + rcpt, request, record, identity, [(conn, job_id)])
 
     # -- workers ---------------------------------------------------------------
     def _start(self, task: Task) -> None:
-        worker = self._idle_worker(task.identity)
+        worker = self._worker_for(task.identity)
         if worker is None:
             self.pending.append(task)
             return
@@ -231,25 +293,54 @@ class Spawner:
                 task, f"Zqmail-spawn unable to open message: {exc.strerror}. (#4.3.0)".encode()
             )
             return
-        try:
-            socket.send_fds(worker.sock, [encode_request(task.request)], [fd])
-        except OSError:
-            self._worker_gone(worker)  # reaped now; the task waits for the next one
-            self.pending.appendleft(task)  # started again at the end of this loop turn
-            return
-        finally:
-            os.close(fd)
-        worker.task = task
+        worker.outbox.append((task.record, fd))
+        worker.tasks.append(task)
 
-    def _idle_worker(self, identity: Identity) -> Worker | None:
-        idle = [w for w in self.workers.values() if w.task is None]
-        for w in idle:
-            if w.identity == identity:
-                return w
+    def _send_jobs(self) -> None:
+        """Send each worker the jobs it got in this loop turn, as few records as fit."""
+        for worker in [w for w in self.workers.values() if w.outbox]:
+            out, worker.outbox = worker.outbox, []
+            sent = 0
+            try:
+                while sent < len(out):
+                    part = _record_part(out, sent)
+                    socket.send_fds(
+                        worker.sock, [encode_jobs([r for r, _ in part])], [fd for _, fd in part]
+                    )
+                    sent += len(part)
+            except OSError:
+                # gone: what it never got is started again, the rest crashed
+                unsent = [worker.tasks.pop() for _ in range(len(out) - sent)]
+                self._worker_gone(worker)
+                self.pending.extendleft(unsent)
+            finally:
+                for _, fd in out:
+                    os.close(fd)
+
+    def _worker_for(self, identity: Identity) -> Worker | None:
+        """The worker to take a delivery for identity, or None: wait for one.
+
+        A busy worker whose deliveries are grouped comes first (the one with
+        most queued): the deliveries queued on it share one group commit.
+        Then an idle one, then a new one.
+        """
+        best: Worker | None = None
+        idle: Worker | None = None
+        for w in self.workers.values():
+            if w.identity != identity:
+                continue
+            n = len(w.tasks)
+            if not n:
+                idle = idle or w
+            elif w.grouping and n < BATCH_MAX and (best is None or n > len(best.tasks)):
+                best = w
+        if best is not None or idle is not None:
+            return best or idle
         if len(self.workers) >= self.max_workers:
-            if not idle:
+            others = [w for w in self.workers.values() if not w.tasks]
+            if not others:
                 return None
-            self._retire(min(idle, key=lambda w: w.idle_since))
+            self._retire(min(others, key=lambda w: w.idle_since))
         close = [self.listener, *self.conns, *(w.sock for w in self.workers.values())]
         pid, sock = fork_worker(self.home, identity[0], identity[1], close)
         worker = Worker(pid, sock, identity)
@@ -275,41 +366,58 @@ class Spawner:
 
     def _retire_idle(self, before: float) -> None:
         for w in list(self.workers.values()):
-            if w.task is None and w.idle_since < before:
+            if not w.tasks and w.idle_since < before:
                 self._retire(w)
 
-    def _worker_gone(self, worker: Worker) -> int | None:
-        """Forget a worker that closed its end; its exit status, None if killed."""
+    def _worker_gone(self, worker: Worker, *, kill: bool = False) -> None:
+        """Forget a worker that closed its end (or is killed now, when it
+        misbehaved); every job it had not answered crashed."""
         del self.workers[worker.sock.fileno()]
         self.sel.unregister(worker.sock)
         worker.sock.close()
+        if kill:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(worker.pid, signal.SIGKILL)
         try:
             _, status = os.waitpid(worker.pid, 0)
+            code: int | None = os.waitstatus_to_exitcode(status)
         except ChildProcessError:
-            return None
-        code = os.waitstatus_to_exitcode(status)
-        return code if code >= 0 else None
+            code = None
+        for _, fd in worker.outbox:
+            os.close(fd)
+        worker.outbox.clear()
+        if worker.tasks:
+            log(f"warning: lspawn worker {worker.pid} died with status {code}")
+        while worker.tasks:
+            self._finish(worker.tasks.popleft(), exit_to_report(None, b""))
 
     def _read_worker(self, fd: int) -> None:
-        worker = self.workers[fd]
-        try:
-            data = worker.sock.recv(MAX_RECORD)
-        except OSError:
-            data = b""
-        task, worker.task = worker.task, None
-        if data:
+        worker = self.workers.get(fd)
+        if worker is None:
+            return  # retired earlier in this loop turn
+        flags = 0
+        while True:  # every record waiting: a batch's results come together
+            try:
+                data = worker.sock.recv(MAX_RECORD, flags)
+            except BlockingIOError:
+                break
+            except OSError:
+                data = b""
+            if not data:
+                self._worker_gone(worker)
+                break
+            flags = socket.MSG_DONTWAIT
+            if data == SLOW:
+                worker.grouping = False
+                continue
+            results = decode_results(data)
+            if results is None or len(results) > len(worker.tasks):
+                log(f"warning: lspawn worker {worker.pid} sent a mangled report; killing it")
+                self._worker_gone(worker, kill=True)
+                break
+            for code, text, worker.grouping in results:
+                self._finish(worker.tasks.popleft(), exit_to_report(code, text))
             worker.idle_since = time.monotonic()
-            if task is None:
-                log(f"warning: lspawn worker {worker.pid} spoke out of turn; retiring it")
-                self._retire(worker)
-            else:
-                code, text = decode_result(data)
-                self._finish(task, exit_to_report(code, text))
-        else:
-            status = self._worker_gone(worker)
-            if task is not None:
-                log(f"warning: lspawn worker {worker.pid} died with status {status}")
-                self._finish(task, exit_to_report(None, b""))
         self._start_pending()
 
     def _finish(self, task: Task, report: bytes) -> None:
@@ -319,6 +427,10 @@ class Spawner:
 
 
 def serve(home: Home) -> None:
+    apply_syncmode(home)
+    # what durable loads at its first syncfs, loaded here as root: a worker
+    # that dropped privileges may not be able to read the module files
+    importlib.import_module("ctypes")
     spawner = Spawner(home)
     # the preloaded heap, kept out of the collector, stays shared with the
     # workers instead of being copied page by page as gc touches it
