@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import re
 import smtplib
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
 
 from tests.harness import RunningMta, wait_until
 
@@ -36,3 +39,21 @@ def send(mta: RunningMta, sender: str, rcpts: list[str], body: bytes) -> None:
     with smtplib.SMTP("127.0.0.1", mta.smtp_port, timeout=30) as c:
         refused = c.sendmail(sender, rcpts, body)
     assert not refused, refused
+
+
+def token_counts(files: Iterable[Path]) -> Counter[int]:
+    """How many delivered files carry each ``X-Token: tokN`` (load tests' bodies)."""
+    tokens = Counter[int]()
+    for f in files:
+        m = re.search(rb"X-Token: tok(\d+)", f.read_bytes())
+        assert m, f
+        tokens[int(m.group(1))] += 1
+    return tokens
+
+
+def assert_each_acked_once(tokens: Counter[int], acked: set[int]) -> None:
+    """DESIGN 1a: every acknowledged message delivered, none twice."""
+    duplicates = {n: c for n, c in tokens.items() if c > 1}
+    assert not duplicates, f"delivered more than once: {duplicates}"
+    missing = acked - set(tokens)
+    assert not missing, f"acknowledged but not delivered: {sorted(missing)}"

@@ -17,6 +17,7 @@ import threading
 from collections import Counter
 from pathlib import Path
 
+from tests.e2e.deliveries import assert_each_acked_once, token_counts
 from tests.harness import init_home, running_mta, wait_until
 
 TOTAL = 200
@@ -80,12 +81,4 @@ def test_kill_writer_and_send_midway_loses_nothing(tmp_path: Path) -> None:
         assert len(re.findall(r"alert: send pid \d+ exited", log)) == 1
         assert len(re.findall(r"alert: lspawn pid \d+ exited", log)) == 1
         files = mta.maildir_files("postmaster")
-    tokens = Counter[int]()
-    for f in files:
-        m = re.search(rb"X-Token: tok(\d+)", f.read_bytes())
-        assert m, f
-        tokens[int(m.group(1))] += 1
-    duplicates = {n: c for n, c in tokens.items() if c > 1}
-    assert not duplicates, f"delivered more than once: {duplicates}"
-    missing = acked - set(tokens)
-    assert not missing, f"acknowledged but not delivered: {sorted(missing)}"
+    assert_each_acked_once(token_counts(files), acked)

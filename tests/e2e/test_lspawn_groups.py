@@ -17,9 +17,9 @@ import signal
 import smtplib
 import threading
 import time
-from collections import Counter
 from pathlib import Path
 
+from tests.e2e.deliveries import assert_each_acked_once, token_counts
 from tests.harness import init_home, pyqmail, running_mta, wait_until, write_control
 
 TOTAL = 200
@@ -94,15 +94,7 @@ def test_killing_the_grouping_worker_repeatedly_delivers_each_message_once(
         files = mta.maildir_files("postmaster")
         log = mta.log()
     assert re.search(r"lspawn worker \d+ died", log)
-    tokens = Counter[int]()
-    for f in files:
-        m = re.search(rb"X-Token: tok(\d+)", f.read_bytes())
-        assert m, f
-        tokens[int(m.group(1))] += 1
-    duplicates = {n: c for n, c in tokens.items() if c > 1}
-    assert not duplicates, f"delivered more than once: {duplicates}"
-    missing = acked - set(tokens)
-    assert not missing, f"acknowledged but not delivered: {sorted(missing)}"
+    assert_each_acked_once(token_counts(files), acked)
     assert not list((home / "mailboxes" / "postmaster" / "Maildir" / "tmp").iterdir())
 
 

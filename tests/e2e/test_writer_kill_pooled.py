@@ -18,6 +18,7 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+from tests.e2e.deliveries import assert_each_acked_once, token_counts
 from tests.harness import RunningMta, init_home, running_mta, wait_until
 
 RCPT = "postmaster@localhost"
@@ -42,15 +43,6 @@ def writers_at_least(mta: RunningMta, count: int) -> Callable[[], bool]:
     return lambda: mta.log().count("status: queue writer ready") >= count
 
 
-def tokens_delivered(mta: RunningMta) -> Counter[int]:
-    tokens = Counter[int]()
-    for f in mta.maildir_files("postmaster"):
-        m = re.search(rb"X-Token: tok(\d+)", f.read_bytes())
-        assert m, f
-        tokens[int(m.group(1))] += 1
-    return tokens
-
-
 def test_idle_pooled_connections_to_a_killed_writer_cost_no_451(tmp_path: Path) -> None:
     home = tmp_path / "qmail"
     init_home(home)
@@ -62,7 +54,7 @@ def test_idle_pooled_connections_to_a_killed_writer_cost_no_451(tmp_path: Path) 
             for n in range(3, 6):
                 c.sendmail("a@example.org", [RCPT], body(n))
         wait_until(mta.queue_empty, 60, "every message to be delivered")
-        assert tokens_delivered(mta) == Counter(range(6))
+        assert token_counts(mta.maildir_files("postmaster")) == Counter(range(6))
 
 
 def test_kill_writer_under_load_with_pooled_connections(tmp_path: Path) -> None:
@@ -115,10 +107,7 @@ def test_kill_writer_under_load_with_pooled_connections(tmp_path: Path) -> None:
         assert not any(t.is_alive() for t in threads)
         assert len(re.findall(r"alert: queue pid \d+ exited", mta.log())) == len(kills_at)
         wait_until(mta.queue_empty, 90, "every queued message to be delivered")
-        tokens = tokens_delivered(mta)
+        tokens = token_counts(mta.maildir_files("postmaster"))
     assert len(acked) > total // 2, "most messages should be acknowledged"
     assert acked & set(range(kills_at[-1] + clients, total)), "acks after the last kill"
-    duplicates = {n: c for n, c in tokens.items() if c > 1}
-    assert not duplicates, f"delivered more than once: {duplicates}"
-    missing = acked - set(tokens)
-    assert not missing, f"acknowledged but not delivered: {sorted(missing)}"
+    assert_each_acked_once(tokens, acked)

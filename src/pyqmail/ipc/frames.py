@@ -31,20 +31,10 @@ class FrameBuffer:
 
     def feed(self, data: bytes) -> list[bytes]:
         buf = self._buf + data if self._buf else data
-        width = len(str(self._limit)) + 1
         out: list[bytes] = []
         pos = 0  # an offset, not slicing the rest off per frame: many small frames stay linear
-        while True:
-            got = netstring.parse_length(buf[pos : pos + width], limit=self._limit)
-            if got is None:
-                break
-            size, start = got
-            start += pos
-            end = start + size
-            if len(buf) <= end:
-                break
-            if buf[end] != ord(","):
-                raise netstring.NetstringError("missing comma")
+        while (got := netstring.frame_at(buf, pos, limit=self._limit)) is not None:
+            start, end = got
             out.append(buf[start:end])
             pos = end + 1
         self._buf = buf[pos:] if pos else buf

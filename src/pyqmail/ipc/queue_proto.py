@@ -92,15 +92,10 @@ def _chunks(data: bytes) -> list[bytes]:
 
 def _take_frame(buf: bytearray, limit: int) -> bytes | None:
     """Split one netstring payload off the front of buf; None until it is whole."""
-    got = netstring.parse_length(buf, limit=limit)
+    got = netstring.frame_at(buf, 0, limit=limit)
     if got is None:
         return None
-    size, start = got
-    end = start + size
-    if len(buf) <= end:
-        return None
-    if buf[end] != 0x2C:  # ","
-        raise netstring.NetstringError("missing comma")
+    start, end = got
     payload = bytes(buf[start:end])
     del buf[: end + 1]
     return payload
