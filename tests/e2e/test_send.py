@@ -347,3 +347,26 @@ def test_restart_resumes_messages_in_every_state(home: Path) -> None:
         check=True,
     )
     assert qread.stdout == ""
+
+
+def test_a_bounce_whose_body_is_gone_still_reaches_the_sender(home: Path) -> None:
+    """Its recipients are all done, the bounce record is there, mess/S/N is not:
+    the sender gets the failure report without the original, and the queue empties."""
+    q = Home(str(home))
+    msg_id = int(time.time() * 1000) - 10_000_000
+    write_preprocessed(
+        q,
+        msg_id,
+        b"postmaster@localhost",
+        b"Subject: lost\n\nx\n",
+        remote=[(b"gone@example.net", True)],
+        failures=[Failure(b"gone@example.net", b"Sorry, no mailbox here. (#5.1.1)\n")],
+    )
+    Path(q.split_path("mess", msg_id)).unlink()
+    with running_mta(home) as mta:
+        bounce = mta.wait_for_maildir("postmaster")
+        wait_until(mta.queue_empty, 30, "the message to be finished")
+        assert f"mess for msg {msg_id} is missing" in mta.log()
+    text = bounce[0].read_bytes()
+    assert b"<gone@example.net>:\nSorry, no mailbox here. (#5.1.1)" in text
+    assert b"Subject: lost" not in text

@@ -998,10 +998,20 @@ class Sender:
 
     async def _send_bounce(self, msg: Msg, bounce_path: str) -> bool:
         assert msg.sender is not None
-        with open(bounce_path, "rb") as fh:
-            failures = parse_bounce_file(fh.read())
-        with open(self.home.split_path("mess", msg.msg_id), "rb") as fh:
-            original = fh.read()
+        try:
+            with open(bounce_path, "rb") as fh:
+                failures = parse_bounce_file(fh.read())
+            try:
+                with open(self.home.split_path("mess", msg.msg_id), "rb") as fh:
+                    original = fh.read()
+            except FileNotFoundError:
+                # the body is gone (a crash between clean's removals): the
+                # sender still learns which recipients failed, without it
+                log(f"warning: mess for msg {msg.msg_id} is missing; bouncing without it")
+                original = b""
+        except OSError as exc:
+            log(f"warning: unable to read the bounce of msg {msg.msg_id}: {exc}")
+            return False  # tried again after BOUNCE_RETRY_S, the task stays alive
         bounce = build_bounce(
             self.cfg,
             sender=msg.sender,
