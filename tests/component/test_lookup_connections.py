@@ -277,10 +277,26 @@ def test_service_killed_between_questions_answers_after_restart(home: Path) -> N
     run(main)
 
 
-def test_unanswered_question_is_dropped_not_reused(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(proto, "RCPT_TIMEOUT_S", 0.3)
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@asynccontextmanager
+async def fake_service(handler: Handler) -> AsyncIterator[str]:
+    """A stand-in lookup service on a fresh socket; yields its path, closes all after."""
     tmp = tempfile.mkdtemp(prefix="pyqlookup-")
     path = os.path.join(tmp, "lookup.sock")
+    server = await asyncio.start_unix_server(handler, path)
+    try:
+        yield path
+    finally:
+        proto.client(path).close()
+        server.close()
+        await asyncio.sleep(0)
+        shutil.rmtree(tmp)
+
+
+def test_unanswered_question_is_dropped_not_reused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(proto, "RCPT_TIMEOUT_S", 0.3)
     seen: list[bytes] = []
 
     async def main() -> None:
@@ -293,28 +309,18 @@ def test_unanswered_question_is_dropped_not_reused(monkeypatch: pytest.MonkeyPat
             await reader.read()  # the first never does: it waits for smtpd to give up
             writer.close()
 
-        server = await asyncio.start_unix_server(silent_then_answering, path)
-        try:
+        async with fake_service(silent_then_answering) as path:
             assert await proto.ask_rcpt(path, GOOD) == proto.UNREACHABLE
             assert await proto.ask_rcpt(path, GOOD) == b"K"
             assert len(seen) == 2  # a late answer on the first could never be read as this one
-        finally:
-            proto.client(path).close()
-            server.close()
-            await asyncio.sleep(0)
 
-    try:
-        run(main)
-    finally:
-        shutil.rmtree(tmp)
+    run(main)
 
 
 def test_short_question_after_a_long_one_keeps_its_own_time_limit(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(proto, "RCPT_TIMEOUT_S", 0.3)  # AUTH keeps its 40 s
-    tmp = tempfile.mkdtemp(prefix="pyqlookup-")
-    path = os.path.join(tmp, "lookup.sock")
 
     async def main() -> None:
         async def answers_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -323,25 +329,15 @@ def test_short_question_after_a_long_one_keeps_its_own_time_limit(
             await reader.read()  # the RCPT after it is never answered
             writer.close()
 
-        server = await asyncio.start_unix_server(answers_once, path)
-        try:
+        async with fake_service(answers_once) as path:
             assert await proto.ask_auth(path, b"u", b"p", b"<t>") == b"K"
             async with asyncio.timeout(10):  # not the AUTH's 40 s
                 assert await proto.ask_rcpt(path, GOOD) == proto.UNREACHABLE
-        finally:
-            proto.client(path).close()
-            server.close()
-            await asyncio.sleep(0)
 
-    try:
-        run(main)
-    finally:
-        shutil.rmtree(tmp)
+    run(main)
 
 
 def test_garbled_answer_is_unreachable_and_the_connection_dropped() -> None:
-    tmp = tempfile.mkdtemp(prefix="pyqlookup-")
-    path = os.path.join(tmp, "lookup.sock")
     connections = 0
 
     async def main() -> None:
@@ -352,20 +348,12 @@ def test_garbled_answer_is_unreachable_and_the_connection_dropped() -> None:
                 writer.write(b"3:Xno," if connections == 1 else b"1:K,")
             writer.close()
 
-        server = await asyncio.start_unix_server(garbling, path)
-        try:
+        async with fake_service(garbling) as path:
             assert await proto.ask_rcpt(path, GOOD) == proto.UNREACHABLE
             assert await proto.ask_rcpt(path, GOOD) == b"K"
             assert connections == 2
-        finally:
-            proto.client(path).close()
-            server.close()
-            await asyncio.sleep(0)
 
-    try:
-        run(main)
-    finally:
-        shutil.rmtree(tmp)
+    run(main)
 
 
 WRONG_UID_PROBE = """
