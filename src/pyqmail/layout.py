@@ -20,6 +20,9 @@ def make_queue(home: Home) -> None:
             os.makedirs(home.q(name, str(n)), mode=0o750, exist_ok=True)
     # operator holds (send's); not in FLAT_DIRS so older homes still pass queue_ok
     os.makedirs(home.q("hold"), mode=0o700, exist_ok=True)
+    # finished messages' files, for the writer to reuse (queue/spare.py); the
+    # writer makes it too, for homes made before it existed
+    os.makedirs(home.q("spare"), mode=0o700, exist_ok=True)
     with contextlib.suppress(FileExistsError):
         os.mkfifo(home.trigger, 0o622)
 

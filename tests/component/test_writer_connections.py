@@ -246,10 +246,15 @@ needs_strace = pytest.mark.skipif(shutil.which("strace") is None, reason="strace
 @needs_strace
 def test_no_k_before_the_files_and_the_todo_name_are_durable(home: Home, tmp_path: Path) -> None:
     trace = tmp_path / "trace"
+    # half the messages get spare files (queue/spare.py), longer than they need
+    for n in range(12):
+        for kind in "me":
+            Path(home.q("spare", f"{kind}{n}")).write_bytes(b"junk\n" * 2000)
     proc = subprocess.Popen(
         [
             *("strace", "-f", "-qq", "-s", "400", "-o", str(trace)),
-            *("-e", "trace=openat,close,accept4,write,sendto,rename,renameat,renameat2,syncfs"),
+            "-e",
+            "trace=openat,close,accept4,write,ftruncate,sendto,rename,renameat,renameat2,syncfs",
             *(sys.executable, "-m", "pyqmail.queue", "--home", home.root),
         ],
         stdout=subprocess.DEVNULL,
@@ -289,6 +294,10 @@ def test_no_k_before_the_files_and_the_todo_name_are_durable(home: Home, tmp_pat
                 proc.kill()
                 proc.wait()
     assert [status for status, _ in results] == ["K"] * 24
+    assert os.listdir(home.q("spare")) == []
+    for msg_id in {msg_id for _, msg_id in results}:
+        assert queued(home, msg_id).split(b"\n", 1)[1].startswith(b"msg ")
+        assert b"junk" not in Path(home.q("todo", str(msg_id))).read_bytes()
     calls = parse_trace(trace.read_text(errors="replace"))
     syncs = [(start, end) for start, end, name, _ in calls if name == "syncfs"]
     fds: dict[str, str] = {}  # fd -> path, as opened
@@ -300,7 +309,7 @@ def test_no_k_before_the_files_and_the_todo_name_are_durable(home: Home, tmp_pat
             fds[m.group(2)] = m.group(1)
         elif name in ("close", "accept4"):
             fds.pop(text.split(")")[0] if name == "close" else text.rsplit("= ", 1)[-1], None)
-        elif name in ("write", "sendto"):
+        elif name in ("write", "ftruncate", "sendto"):
             fd = text.split(",")[0]
             path = fds.get(fd, "")
             if m := re.search(r"/(?:mess/\d+|intd)/(\d+)$", path):

@@ -6,11 +6,15 @@ qmail-files §5.4 (exit codes), §5.5 (program environment).
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
 import sys
+import time
 from pathlib import Path
 
 from tests.e2e.deliveries import send, wait_result
-from tests.harness import init_home, pyqmail, running_mta, write_control
+from tests.harness import init_home, pyqmail, running_mta, wait_until, write_control
 
 BODY = b"Subject: prog\r\n\r\nbody line\r\n"
 DOMAIN = "mx.example.co.uk"
@@ -97,3 +101,40 @@ def test_program_exit_codes(tmp_path: Path) -> None:
     assert b"<bob-exit-100@localhost>" in bounce
     assert b"<bob-exit-64@localhost>" in bounce
     assert b"bob-exit-0@" not in bounce
+
+
+def test_a_body_a_program_left_open_is_never_reused(tmp_path: Path) -> None:
+    """A program's child that keeps the message as its stdin keeps that
+    message: clean unlinks the body instead of handing it to the writer for
+    reuse (queue/spare.py), while later messages' files are reused."""
+    home, bob = _setup(tmp_path)
+    (bob / ".qmail-hold").write_text(
+        "|exec 3<&0; sleep 120 <&3 >/dev/null 2>&1 & echo $! > holder.pid\n"
+    )
+    (bob / ".qmail-plain").write_text("./Maildir/\n")
+    holder = 0
+    try:
+        with running_mta(home) as mta:
+            send(mta, "s@example.org", [f"bob-hold@{DOMAIN}"], BODY)
+            assert wait_result(mta, f"bob-hold@{DOMAIN}")[0] == "success"
+            holder = int((bob / "holder.pid").read_text())
+            wait_until(mta.queue_empty, 20, "the held message to leave the queue")
+            assert os.readlink(f"/proc/{holder}/fd/0").endswith(" (deleted)")
+            assert not [n for n in os.listdir(home / "queue" / "spare") if n.startswith("m")]
+            for n in range(8):
+                send(
+                    mta,
+                    "s@example.org",
+                    [f"bob-plain@{DOMAIN}"],
+                    b"Subject: %d\r\n\r\nnext\r\n" % n,
+                )
+                mta.wait_for_maildir("bob", n + 1)
+                time.sleep(0.3)  # the writer looks into spare/ at most every 0.2 s
+            with open(f"/proc/{holder}/fd/0", "rb") as held:
+                assert held.read().endswith(b"Subject: prog\n\nbody line\n")
+        reused = re.findall(r"queued in \d+ commit round\(s\), (\d+) file\(s\) reused", mta.log())
+        assert reused
+        assert int(reused[-1]) > 0
+    finally:
+        if holder:
+            os.kill(holder, signal.SIGKILL)

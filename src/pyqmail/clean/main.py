@@ -3,8 +3,10 @@
 Runs as: qmailq (the invoking user in embedded mode).
 Reads:   commands ``todo/N``, ``foop/N`` and ``done/N`` on its Unix socket; the names in
          queue/mess, intd, todo, info and pid for its sweeps.
-Writes:  unlinks queue/intd/N, queue/todo/N, queue/mess/S/N and old
-         queue/pid files; nothing else.
+Writes:  moves queue/todo/N and queue/mess/S/N into queue/spare/ for the
+         writer to reuse (queue/spare.py), or unlinks them when they cannot be
+         reused; unlinks queue/intd/N, abandoned messages and old queue/pid
+         files; nothing else.
 Trusts:  nothing: a command must be ``todo/``, ``foop/`` or ``done/`` +
          digits, 7..100 bytes, or it is answered ``x``.
 
@@ -50,6 +52,7 @@ from pyqmail.config import SPLIT, Home
 from pyqmail.formats import netstring
 from pyqmail.ipc.frames import FrameBuffer, pack
 from pyqmail.ipc.listen import peer_allowed, send_uids, unix_listener
+from pyqmail.queue import spare
 from pyqmail.unix import durable
 from pyqmail.unix.logfmt import log
 
@@ -106,19 +109,22 @@ class Cleaner:
         try:
             if kind == b"done":
                 # intd/N became todo/N long ago: no need to look for it
-                durable.unlink_quiet(self.home.q("todo", str(msg_id)))
+                spare.retire(self.home, self.home.q("todo", str(msg_id)), spare.ENVELOPE, msg_id)
                 if not _exists(self.home.split_path("info", msg_id)):
-                    durable.unlink_quiet(self.home.split_path("mess", msg_id))
+                    self._retire_mess(msg_id)
                 return b"+"
             durable.unlink_quiet(self.home.q("intd", str(msg_id)))
             if kind == b"todo":
-                durable.unlink_quiet(self.home.q("todo", str(msg_id)))
+                spare.retire(self.home, self.home.q("todo", str(msg_id)), spare.ENVELOPE, msg_id)
             else:
-                durable.unlink_quiet(self.home.split_path("mess", msg_id))
+                self._retire_mess(msg_id)
         except OSError as exc:
             log(f"warning: unable to clean {cmd.decode(errors='replace')}: {exc}")
             return b"!"
         return b"+"
+
+    def _retire_mess(self, msg_id: int) -> None:
+        spare.retire(self.home, self.home.split_path("mess", msg_id), spare.BODY, msg_id)
 
     def sweep_pid(self) -> None:
         cutoff = time.time() - MAX_AGE_S
@@ -269,4 +275,7 @@ def serve(home: Home) -> None:
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
+    # spare.retire holds a lease for an instant; someone opening the file then
+    # would send SIGIO, whose default action is to terminate
+    signal.signal(signal.SIGIO, signal.SIG_IGN)
     server.serve()

@@ -31,6 +31,7 @@ QUEUE_MODES: list[tuple[str, str, str, int]] = [
     ("queue/todo", "qmailq", "qmail", 0o750),
     ("queue/intd", "qmailq", "qmail", 0o700),
     ("queue/pid", "qmailq", "qmail", 0o700),
+    ("queue/spare", "qmailq", "qmail", 0o700),
     ("queue/info", "qmails", "qmail", 0o750),
     ("queue/info/*", "qmails", "qmail", 0o750),
     ("queue/local", "qmails", "qmail", 0o750),

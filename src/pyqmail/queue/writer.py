@@ -10,9 +10,11 @@ Trusts:  no client. Frames are length-bounded, the envelope is parsed
 Theory of operation (qmail-files §6.3, with group commit):
   1. The Received line and the message are held in memory as they stream
      in, up to IN_MEMORY bytes; a larger message goes on to mess/S/N
-     (created O_EXCL) as it streams.
+     (a name that did not exist) as it streams.
   2. When the envelope arrives, mess/S/N is created and written (if it was
-     not already), and the envelope goes to intd/N. Both are plain writes
+     not already), and the envelope goes to intd/N. Each file is a spare
+     (queue/spare.py: a finished message's file, overwritten and cut to
+     length) when there is one, else a new file. Both are plain writes
      on the event loop: creating a file may wait briefly for the journal
      while a commit runs, which costs less than a thread hop per file.
   3. The commit thread takes every message that reached this point, makes
@@ -46,6 +48,7 @@ from pyqmail.formats import envelope as env_fmt
 from pyqmail.formats.dates import date822
 from pyqmail.ipc.listen import wait_for_stop
 from pyqmail.ipc.queue_proto import QueueFailure, SubmissionServer
+from pyqmail.queue import spare
 from pyqmail.unix import accounts, durable
 from pyqmail.unix.logfmt import log
 
@@ -64,7 +67,7 @@ class Pending:
 class Message:
     """One message on its way in (a queue_proto Receiver)."""
 
-    __slots__ = ("held", "mess_fd", "msg_id", "parts", "pid", "qw", "uid")
+    __slots__ = ("held", "mess_fd", "msg_id", "parts", "pid", "qw", "reused", "uid", "written")
 
     def __init__(self, qw: QueueWriter, received: bytes, uid: int, pid: int) -> None:
         self.qw = qw
@@ -72,6 +75,8 @@ class Message:
         self.held = len(received)
         self.msg_id = 0
         self.mess_fd = -1
+        self.reused = False  # mess_fd is a spare: cut it to `written` at the end
+        self.written = 0
         self.uid = uid
         self.pid = pid
 
@@ -79,6 +84,7 @@ class Message:
         try:
             if self.mess_fd >= 0:
                 durable.write_all(self.mess_fd, data)
+                self.written += len(data)
                 return
             self.parts.append(data)
             self.held += len(data)
@@ -88,19 +94,27 @@ class Message:
             raise QueueFailure("Z", WRITE_ERROR) from exc
 
     def _to_disk(self) -> None:
-        self.msg_id, self.mess_fd = self.qw.create_mess()
+        self.msg_id, self.mess_fd, self.reused = self.qw.create_mess()
         data = b"".join(self.parts)
         self.parts = []
         durable.write_all(self.mess_fd, data)
+        self.written = len(data)
 
     def finish(self, env: env_fmt.Envelope, reply: Callable[[bytes], None]) -> None:
         intd_fd = -1
         try:
             if self.mess_fd < 0:
                 self._to_disk()
-            intd_fd = durable.create_exclusive(self.qw.home.q("intd", str(self.msg_id)), 0o640)
+            if self.reused:
+                os.ftruncate(self.mess_fd, self.written)
             todo = env_fmt.QueuedEnvelope(max(self.uid, 0), self.pid, env.sender, env.recipients)
-            durable.write_all(intd_fd, env_fmt.format_todo(todo))
+            data = env_fmt.format_todo(todo)
+            intd_fd, reused = self.qw.create_file(
+                spare.ENVELOPE, self.qw.home.q("intd", str(self.msg_id))
+            )
+            durable.write_all(intd_fd, data)
+            if reused:
+                os.ftruncate(intd_fd, len(data))
         except OSError as exc:
             if intd_fd >= 0:
                 with contextlib.suppress(OSError):
@@ -125,6 +139,7 @@ class QueueWriter:
         self.network_uids = self._uids_of("qmaild")
         self.bounce_uids = self._uids_of("qmails")
         self._next_id = 0
+        self.spares = spare.Spares(home)
         # to the commit thread; None asks it to stop
         self._queue: queue.SimpleQueue[Pending | None] = queue.SimpleQueue()
         self._committer: threading.Thread | None = None
@@ -159,16 +174,24 @@ class QueueWriter:
             log(f"warning: removed {removed} half-written message(s) left by a crash")
         self._next_id = max(highest + 1, int(time.time() * 1000))
 
-    def create_mess(self) -> tuple[int, int]:
-        """A new mess/S/N, created O_EXCL: (N, fd)."""
+    def create_mess(self) -> tuple[int, int, bool]:
+        """A new mess/S/N that did not exist: (N, fd, True if it is a spare)."""
         while True:
             msg_id = max(self._next_id, int(time.time() * 1000))
             self._next_id = msg_id + 1
             try:
-                fd = durable.create_exclusive(self.home.split_path("mess", msg_id), 0o640)
+                fd, reused = self.create_file(spare.BODY, self.home.split_path("mess", msg_id))
             except FileExistsError:
                 continue
-            return msg_id, fd
+            return msg_id, fd, reused
+
+    def create_file(self, kind: str, path: str) -> tuple[int, bool]:
+        """path, which must not exist, open for writing from offset 0: a spare
+        if there is one (True), else a new file."""
+        fd = self.spares.take(kind, path)
+        if fd >= 0:
+            return fd, True
+        return durable.create_exclusive(path, 0o640), False
 
     # -- one message ----------------------------------------------------
     def _uids_of(self, user: str) -> frozenset[int]:
@@ -361,4 +384,7 @@ async def serve(home: Home, listen_fd: int | None) -> None:
     # finish the batch in flight so every client that will hear K has its fsync
     await asyncio.wait_for(qw.drain(), 4)
     qw.close()
-    log(f"status: exiting; {qw.committed} message(s) queued in {qw.rounds} commit round(s)")
+    log(
+        f"status: exiting; {qw.committed} message(s) queued in {qw.rounds} commit round(s),"
+        f" {qw.spares.reused} file(s) reused"
+    )

@@ -7,6 +7,7 @@ that name is fsynced before anyone is told.
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
@@ -174,3 +175,46 @@ def unlink_quiet(path: str) -> bool:
     except FileNotFoundError:
         return False
     return True
+
+
+_renameat2: Callable[[bytes, bytes], int] | None = None
+
+
+def rename_noreplace(src: str, dst: str) -> None:
+    """rename(2) that fails with FileExistsError instead of replacing dst.
+
+    renameat2(RENAME_NOREPLACE) where libc and the filesystem have it (one
+    call), else link then unlink (a crash between the two leaves src with a
+    second name, which is why callers only use it on files they alone own).
+    """
+    global _renameat2
+    if _renameat2 is None:
+        _renameat2 = _load_renameat2()
+    err = _renameat2(os.fsencode(src), os.fsencode(dst))
+    if err == 0:
+        return
+    if err == errno.EEXIST:
+        raise FileExistsError(err, os.strerror(err), dst)
+    if err not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        raise OSError(err, os.strerror(err), src)  # ENOENT: FileNotFoundError
+    os.link(src, dst)
+    os.unlink(src)
+
+
+def _load_renameat2() -> Callable[[bytes, bytes], int]:
+    try:
+        import ctypes
+
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return lambda _src, _dst: errno.ENOSYS
+    at_fdcwd, noreplace = -100, 1
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+
+    def call(src: bytes, dst: bytes) -> int:
+        if fn(at_fdcwd, src, at_fdcwd, dst, noreplace) != 0:
+            return ctypes.get_errno()
+        return 0
+
+    return call
