@@ -7,6 +7,7 @@ these tests keep them out of the processes that have no use for them at idle.
 
 from __future__ import annotations
 
+import smtplib
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 
 import pyqmail.start.logger
 from pyqmail.unix import compargs
+from tests.harness import init_home, running_mta
 
 ALWAYS_OUT = ("argparse", "dns", "importlib.metadata", "email", "hashlib", "shutil", "pathlib")
 NO_TLS = ("ssl", "_ssl", "_hashlib")
@@ -98,7 +100,7 @@ def test_rspawn_loads_openssl_at_its_first_starttls_context() -> None:
 def test_notls_without_a_module_says_how_to_use_it() -> None:
     r = run_notls()
     assert r.returncode == 1
-    assert "usage: python -m pyqmail.unix.notls MODULE" in r.stderr
+    assert "usage: python -m pyqmail.unix.notls [--uvloop] MODULE" in r.stderr
 
 
 def test_the_logger_runs_without_site_and_copies_bytes_unchanged() -> None:
@@ -166,3 +168,30 @@ def test_bad_values_exit_2_naming_the_option(
         compargs.parse("pyqmail-smtpd", compargs.VALUED + compargs.SWITCHES, argv)
     assert exc.value.code == 2
     assert said in capsys.readouterr().err
+
+
+def _mapped(pid: int) -> str:
+    return Path(f"/proc/{pid}/maps").read_text()
+
+
+def test_running_components_load_uvloop_where_chosen_and_no_openssl(tmp_path: Path) -> None:
+    """At idle, with no certificate: no component has OpenSSL mapped; smtpd
+    and the queue writer run on uvloop (if installed), the others on asyncio's
+    loop (unix/notls.py weighs their memory against their CPU)."""
+    try:
+        import uvloop  # type: ignore[import-not-found,unused-ignore]  # noqa: F401
+
+        have_uvloop = True
+    except ImportError:
+        have_uvloop = False
+    home = tmp_path / "qmail"
+    init_home(home)
+    with running_mta(home) as mta:
+        for name in ("smtpd", "queue", "send", "rspawn", "lookup"):
+            maps = _mapped(mta.component_pid(name))
+            assert "libssl" not in maps, name
+            assert ("uvloop" in maps) == (have_uvloop and name in ("smtpd", "queue")), name
+        # smtpd on uvloop still answers (and the writer still queues)
+        with smtplib.SMTP("127.0.0.1", mta.smtp_port, timeout=30) as c:
+            c.sendmail("a@example.org", ["postmaster@localhost"], b"Subject: x\r\n\r\nhi\r\n")
+        mta.wait_for_maildir("postmaster")

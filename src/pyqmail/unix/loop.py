@@ -14,7 +14,11 @@ T = TypeVar("T")
 
 def run(main: Coroutine[Any, Any, T]) -> T:
     import asyncio  # here: components without an event loop never pay for it
+    import sys
 
+    if "uvloop" not in sys.modules and sys.modules.get("ssl", sys) is None:
+        # started through unix/notls.py without --uvloop: asyncio's own loop
+        return asyncio.run(main)
     try:
         import uvloop  # type: ignore[import-not-found,unused-ignore]
     except ImportError:

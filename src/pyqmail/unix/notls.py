@@ -8,10 +8,17 @@ is written for Pythons built without it) and the component runs as if
 started with ``python -m MODULE``. Any attempt to use TLS in such a process
 fails loudly with ImportError instead of quietly loading OpenSSL.
 
-uvloop needs ssl, so with the ``fast`` extra installed these three run on
-asyncio's own loop (unix/loop.py falls back): on workload (a) at C=10 that
-measured the same CPU per message within noise (3.28 and 3.29 ms with them
-on asyncio, 3.53 and 3.21 ms with them on uvloop and OpenSSL loaded).
+``--uvloop`` first: run the component on uvloop (the ``fast`` extra) when
+it is installed. uvloop imports ssl when it is imported, for the TLS
+transports pyqmail never asks it for (our TLS is net/tls.py, over memory
+BIOs). So it is imported here against a stand-in ssl module that has only
+the names uvloop reads at import, after asyncio itself has been imported
+seeing no ssl at all; then ssl is marked absent again. Measured on
+workload (a) at C=10, uvloop takes 0.02 to 0.035 ms of CPU per message off
+each of queue, send, rspawn and lookup, and costs each 2.4 to 3.6 MB of
+idle memory (OpenSSL would cost 4.5 MB more); the supervisor gives it to
+smtpd and the queue writer, the busiest, and keeps the idle total under
+issue #11's 150 MB.
 
 smtpd starts here too, then calls ssl_later() once its modules are
 imported: its STARTTLS is our own (net/tls.py, over memory BIOs, never
@@ -35,11 +42,48 @@ def ssl_later() -> None:
         del sys.modules["ssl"]
 
 
+def _uvloop_without_openssl() -> None:
+    import asyncio  # noqa: F401  (first, so that asyncio's modules see no ssl)
+    import types
+
+    stand_in = types.ModuleType("ssl", "what uvloop reads from ssl at import, and nothing more")
+
+    class SSLError(OSError):
+        pass
+
+    for name in ("SSLWantReadError", "SSLWantWriteError", "SSLSyscallError", "SSLZeroReturnError"):
+        setattr(stand_in, name, type(name, (SSLError,), {}))
+    stand_in.SSLError = SSLError  # type: ignore[attr-defined]
+    stand_in.CertificateError = type("CertificateError", (ValueError,), {})  # type: ignore[attr-defined]
+    for name in ("SSLContext", "SSLObject", "MemoryBIO"):
+        setattr(stand_in, name, type(name, (), {}))
+    stand_in.create_default_context = _no_tls  # type: ignore[attr-defined]
+    stand_in.SSL_ERROR_WANT_READ = 2  # type: ignore[attr-defined]
+    stand_in.SSL_ERROR_WANT_WRITE = 3  # type: ignore[attr-defined]
+    stand_in.SSL_ERROR_SYSCALL = 5  # type: ignore[attr-defined]
+    sys.modules["ssl"] = stand_in
+    try:
+        import uvloop  # type: ignore[import-not-found,unused-ignore]  # noqa: F401
+    except (ImportError, AttributeError):
+        pass  # not installed, or a version that wants more: asyncio's own loop
+    finally:
+        sys.modules["ssl"] = None  # type: ignore[assignment]
+
+
+def _no_tls(*_args: object, **_kwargs: object) -> None:
+    raise ImportError("no ssl in this process (pyqmail.unix.notls)")
+
+
 def main() -> None:
+    uvloop = sys.argv[1:2] == ["--uvloop"]
+    if uvloop:
+        del sys.argv[1]
     if len(sys.argv) < 2:
-        raise SystemExit("usage: python -m pyqmail.unix.notls MODULE [ARGS...]")
+        raise SystemExit("usage: python -m pyqmail.unix.notls [--uvloop] MODULE [ARGS...]")
     module = sys.argv.pop(1)
     sys.modules["ssl"] = None  # type: ignore[assignment]
+    if uvloop:
+        _uvloop_without_openssl()
     runpy.run_module(module, run_name="__main__", alter_sys=True)
 
 
