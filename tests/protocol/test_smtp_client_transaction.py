@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pyqmail.proto.smtp.client import ReplyParser, ServerReply
+from pyqmail.proto.smtp.client import ReplyParser, ServerReply, dot_stuff
 from pyqmail.proto.smtp.transaction import ClientTransaction, Stage, TransactionError
 
 WIRE = b"Subject: x\r\n\r\nbody\r\n.\r\n"
@@ -178,3 +178,20 @@ def test_any_replies_end_with_an_outcome_for_everyone(
         tx.died()
     assert tx.done
     assert all(o is not None for o in tx.outcomes)
+
+
+def _dot_stuff_by_lines(message: bytes) -> bytes:
+    """The definition, one line at a time (as qmail-remote does it)."""
+    lines = message.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    out = [
+        b"." + line if line.startswith(b".") else line
+        for line in (line[:-1] if line.endswith(b"\r") else line for line in lines)
+    ]
+    return b"\r\n".join(out) + b"\r\n.\r\n" if out else b".\r\n"
+
+
+@given(st.lists(st.sampled_from([b"\n", b"\r", b".", b"a", b"\r\n", b"\n.", b".\r"])).map(b"".join))
+def test_dot_stuff_is_the_line_by_line_definition(message: bytes) -> None:
+    assert dot_stuff(message) == _dot_stuff_by_lines(message)

@@ -17,6 +17,7 @@ import atexit
 import os
 import sys
 import time
+from _thread import get_ident
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 _component = "pyqmail"
 _pending: list[str] = []
 _flush_scheduled = False
+_flush_thread = 0  # the thread whose loop will flush _pending
 
 
 def set_component(name: str) -> None:
@@ -32,22 +34,22 @@ def set_component(name: str) -> None:
     _component = name
 
 
+_MANGLE = str.maketrans({**{chr(c): "_" for c in range(32)}, "\n": "/", "%": "_", "\x7f": "_"})
+
+
 def clean(text: str) -> str:
     """qmail-send's log mangling: newlines -> '/', control bytes and '%' -> '_'."""
-    out = []
-    for ch in text.rstrip("\n"):
-        if ch == "\n":
-            out.append("/")
-        elif ch < " " or ch == "%" or ch == "\x7f":
-            out.append("_")
-        else:
-            out.append(ch)
-    return "".join(out)
+    return text.rstrip("\n").translate(_MANGLE)
 
 
 def log(line: str) -> None:
-    global _flush_scheduled
+    global _flush_scheduled, _flush_thread
     text = f"@{time.time():.6f} {_component}: {line}\n"
+    if _flush_scheduled and get_ident() == _flush_thread:
+        # this turn's flush is already on the loop: no need to ask for the
+        # loop again (asyncio.get_running_loop costs a getpid on 3.11)
+        _pending.append(text)
+        return
     loop = _running_loop()
     if loop is None:
         _write(text)
@@ -55,6 +57,7 @@ def log(line: str) -> None:
     _pending.append(text)
     if not _flush_scheduled:
         _flush_scheduled = True
+        _flush_thread = get_ident()
         loop.call_soon(flush)
 
 

@@ -77,17 +77,19 @@ def dot_stuff(message: bytes) -> bytes:
     Lines already ending in CRLF are not doubled to CR CR LF (a known
     qmail-remote wart, fixed in notqmail).
     """
-    lines = message.split(b"\n")
-    if lines and lines[-1] == b"":
-        lines.pop()
-    out = []
-    for line in lines:
-        if line.endswith(b"\r"):
-            line = line[:-1]
-        if line.startswith(b"."):
-            line = b"." + line
-        out.append(line)
-    return b"\r\n".join(out) + b"\r\n.\r\n" if out else b".\r\n"
+    if not message:
+        return b".\r\n"
+    # whole-buffer replaces, not a loop over lines: this runs for every
+    # message rspawn sends. One CR before each LF goes (and one at the very
+    # end of an unterminated last line), then every line gets CRLF.
+    text = message[:-1] if message.endswith(b"\n") else message
+    text = text.replace(b"\r\n", b"\n")
+    if text.endswith(b"\r"):
+        text = text[:-1]
+    text = text.replace(b"\n.", b"\n..")
+    if text.startswith(b"."):
+        text = b"." + text
+    return text.replace(b"\n", b"\r\n") + b"\r\n.\r\n"
 
 
 def path(addr: bytes) -> bytes:
