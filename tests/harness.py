@@ -210,6 +210,8 @@ class Sink:
     helos: list[bytes] = field(default_factory=list)
     drop_after: int = 0  # close each connection after this many messages, unasked
     die_after_dot: bool = False  # take the whole message, then hang up without a reply
+    stall_at_dot: int = 0  # never answer the final dot of this connection's Nth message
+    reply_delay: float = 0.0  # wait this long before acting on each command line
     greeting: bytes = b""  # a whole greeting line instead of "220 NAME ESMTP"
 
     def _ehlo_reply(self, tls: bool) -> bytes:
@@ -242,6 +244,8 @@ class Sink:
                     return
                 cmd = line.rstrip(b"\r\n")
                 verb = cmd[:4].upper()
+                if self.reply_delay and verb != b"QUIT":
+                    await asyncio.sleep(self.reply_delay)
                 if verb == b"EHLO":
                     with self.lock:
                         self.helos.append(cmd)
@@ -286,6 +290,9 @@ class Sink:
                             break
                         lines.append(ln[1:] if ln.startswith(b".") else ln)
                     if self.die_after_dot:
+                        return
+                    if self.stall_at_dot == taken + 1:
+                        await reader.read()  # until the client gives up and hangs up
                         return
                     got = Received(mail_from, rcpts, b"".join(lines), tls, peer, params, conn_no)
                     with self.lock:

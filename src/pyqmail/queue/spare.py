@@ -73,7 +73,7 @@ def _alone(fd: int) -> bool:
     """True if fd's file is ours, a plain file with one name, open nowhere else."""
     try:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or st.st_uid != os.geteuid():
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or st.st_uid != _euid():
             return False
         # granted only if no other open file description refers to the file
         fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)
@@ -82,6 +82,16 @@ def _alone(fd: int) -> bool:
     with contextlib.suppress(OSError):
         fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
     return True
+
+
+_uid = -1
+
+
+def _euid() -> int:
+    global _uid
+    if _uid < 0:
+        _uid = os.geteuid()  # a component never changes uid once running
+    return _uid
 
 
 class Spares:

@@ -26,8 +26,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, TypeVar, cast
 
 from pyqmail.net.streams import Reader, Writer
 from pyqmail.net.tls import TlsError, TlsStream
@@ -47,6 +48,8 @@ from pyqmail.remote.route import Target, literal_ip
 
 if TYPE_CHECKING:
     import ssl
+
+T = TypeVar("T")
 
 SERVER_TEXT_LIMIT = 5000
 READ_CHUNK = 65536
@@ -108,11 +111,51 @@ class Session:
     def ip(self) -> bytes:
         return self.target.ip.encode()
 
+    # control/timeoutremote bounds each wait for the server. One timer per
+    # session, re-armed only when it goes off, keeps that bound: a timer per
+    # wait (asyncio.timeout) is armed, moved and cancelled twice a message.
+    _loop: asyncio.AbstractEventLoop | None = field(default=None, init=False, repr=False)
+    _waiter: asyncio.Task[object] | None = field(default=None, init=False, repr=False)
+    _waiting_since: float = field(default=0.0, init=False, repr=False)
+    _timer: asyncio.TimerHandle | None = field(default=None, init=False, repr=False)
+    _timed_out: bool = field(default=False, init=False, repr=False)
+
+    async def _wait(self, aw: Awaitable[T]) -> T:
+        """await aw, or TimeoutError once it took longer than self.timeout."""
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        task = asyncio.current_task(loop)
+        assert task is not None
+        self._waiter, self._waiting_since = task, loop.time()
+        if self._timer is None:
+            self._timer = loop.call_at(self._waiting_since + self.timeout, self._check)
+        try:
+            return await aw
+        except asyncio.CancelledError:
+            if not self._timed_out or task.uncancel():
+                raise
+            raise TimeoutError from None
+        finally:
+            self._waiter, self._timed_out = None, False
+
+    def _check(self) -> None:
+        self._timer = None  # a wait that starts later arms it again
+        if self._waiter is None:
+            return
+        due = self._waiting_since + self.timeout
+        loop = self._loop
+        assert loop is not None  # armed by _wait, which set it
+        if loop.time() >= due:
+            self._timed_out = True
+            self._waiter.cancel()
+        else:
+            self._timer = loop.call_at(due, self._check)
+
     async def reply(self) -> ServerReply:
         while not self.pending:
             try:
-                async with asyncio.timeout(self.timeout):
-                    data = await self.rd.read(READ_CHUNK)
+                data = await self._wait(self.rd.read(READ_CHUNK))
             except (TimeoutError, OSError, TlsError) as exc:
                 self.broken = True
                 raise Died from exc
@@ -129,8 +172,7 @@ class Session:
     async def send(self, data: bytes) -> None:
         try:
             self.wr.write(data)
-            async with asyncio.timeout(self.timeout):
-                await self.wr.drain()
+            await self._wait(self.wr.drain())
         except (TimeoutError, OSError) as exc:
             self.broken = True
             raise Died from exc
@@ -149,6 +191,9 @@ class Session:
         A broken session (a failed TLS handshake, a dead peer) is aborted at
         the socket: a TLS layer in a failed state may never let go of it.
         """
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if not self.writer.is_closing() and not self.broken:
             with contextlib.suppress(OSError, RuntimeError):
                 self.wr.write(b"QUIT\r\n")
