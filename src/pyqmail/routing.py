@@ -6,7 +6,7 @@ unknown local recipients at RCPT time), so both always agree.
 
 from __future__ import annotations
 
-from pyqmail.config import SendConfig
+from pyqmail.config import Home, SendConfig
 from pyqmail.formats.control import domain_keys
 
 
@@ -31,3 +31,28 @@ def classify(rcpt: bytes, cfg: SendConfig) -> tuple[str, bytes]:
                 return "remote", rcpt
             return "local", prepend.encode("utf-8", "surrogateescape") + b"-" + rcpt
     return "remote", rcpt
+
+
+class LocalView:
+    """send's routing controls as read at start (and again at reload()), for
+    a component that only needs to know whether a recipient is local.
+
+    smtpd asks the lookup service about local recipients only: for any other
+    address its answer is always yes, and a round trip to another process
+    per RCPT is most of the cost of relaying a message. Unreadable controls
+    leave no view (None): then every recipient is asked about, as before.
+    """
+
+    def __init__(self, home: Home) -> None:
+        self.home = home
+        self.cfg: SendConfig | None = None
+        self.reload()
+
+    def reload(self) -> None:
+        try:
+            self.cfg = SendConfig.load(self.home)
+        except (OSError, ValueError):
+            self.cfg = None
+
+    def may_be_local(self, rcpt: bytes) -> bool:
+        return self.cfg is None or classify(rcpt, self.cfg)[0] == "local"

@@ -32,6 +32,8 @@ from pyqmail.unix.logfmt import clean, log
 if TYPE_CHECKING:
     import ssl  # loaded with the first certificate (net/tls.py)
 
+    from pyqmail.routing import LocalView
+
 MAX_AUTH_FAILURES = 3  # then 421 and hang up
 AUTH_FAIL_DELAY_S = 1.0  # before each "wrong password" reply: slows guessing
 
@@ -63,6 +65,7 @@ class Service:
     submission: bool = False  # RFC 6409: MAIL needs AUTH first
     tls: ContextCache | None = None  # STARTTLS offered when it yields a context
     lookup_socket: str | None = None  # the lookup service: RCPT checks and AUTH
+    local: LocalView | None = None  # which recipients the RCPT check is for (None: all)
 
 
 @lru_cache(maxsize=64)
@@ -323,7 +326,11 @@ class SmtpPolicy:
         rcpt = self.rewrite_literal(ev.address)
         if not self.relay_allowed(rcpt):
             return Reply(553, "sorry, that domain isn't in my list of allowed rcpthosts (#5.7.1)")
-        if self.cfg.rcptcheck and self.service.lookup_socket is not None:
+        if (
+            self.cfg.rcptcheck
+            and self.service.lookup_socket is not None
+            and (self.service.local is None or self.service.local.may_be_local(rcpt))
+        ):
             answer = await lookup.ask_rcpt(self.service.lookup_socket, rcpt)
             text = answer[1:].decode("utf-8", "replace")
             if answer[:1] == b"D":

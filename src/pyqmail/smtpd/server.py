@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import dataclasses
 import os
+import signal
 import socket
 from collections import Counter
 from collections.abc import Sequence
@@ -31,6 +32,7 @@ from pyqmail.ipc.qmailqueue import ProgramQueue
 from pyqmail.ipc.queue_proto import WriterPool
 from pyqmail.net.peer import Client, client_for
 from pyqmail.net.tls import ContextCache
+from pyqmail.routing import LocalView
 from pyqmail.smtpd.policy import Queue, Service, SmtpPolicy, Submission
 from pyqmail.smtpd.session import serve_smtp
 from pyqmail.unix.logfmt import log
@@ -74,11 +76,14 @@ def queue_for(client: Client, home: Home, writer: WriterQueue | None = None) -> 
     return writer or WriterQueue(home.writer_socket)
 
 
-def service_for(home: Home, cfg: SmtpdConfig, *, submission: bool) -> Service:
+def service_for(
+    home: Home, cfg: SmtpdConfig, *, submission: bool, local: LocalView | None = None
+) -> Service:
     return Service(
         submission=submission,
         tls=ContextCache(cfg.servercert, cfg.serverkey),
         lookup_socket=home.socket("lookup"),
+        local=local,
     )
 
 
@@ -100,8 +105,11 @@ class SmtpListener:
         if not rcptcheck:
             self.cfg = dataclasses.replace(self.cfg, rcptcheck=False)
         self.rules = load_rules(home, rules_path)
+        # reread at SIGHUP, with the lookup service's own copy of these controls
+        self.local = LocalView(home) if self.cfg.rcptcheck else None
         self.services = {
-            flag: service_for(home, self.cfg, submission=flag) for flag in (False, True)
+            flag: service_for(home, self.cfg, submission=flag, local=self.local)
+            for flag in (False, True)
         }
         # $QMAILQUEUE in smtpd's own environment applies to every client
         # that tcprules does not give another one
@@ -161,6 +169,8 @@ async def serve(
     rcptcheck: bool = True,
 ) -> None:
     listener = SmtpListener(home, rules_path, rcptcheck=rcptcheck)
+    if listener.local is not None:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, listener.local.reload)
     servers = []
     for fd, submission in [(fd, False) for fd in fds] + [(fd, True) for fd in submission_fds]:
         sock = socket.socket(fileno=fd)

@@ -18,6 +18,7 @@ from pyqmail.config import Home, SmtpdConfig
 from pyqmail.ipc import lookup
 from pyqmail.net.peer import client_for
 from pyqmail.net.stdio import FdReader, FdWriter
+from pyqmail.routing import LocalView
 from pyqmail.smtpd.policy import SmtpPolicy
 from pyqmail.smtpd.server import queue_for, service_for
 from pyqmail.smtpd.session import serve_smtp
@@ -30,7 +31,8 @@ async def _run(home: Home) -> int:
     env = dict(os.environ)
     client = client_for(env.get("TCPREMOTEIP", "unknown"), env.get("TCPLOCALIP"), {}, env)
     assert client is not None  # no rules here: tcpserver already applied its own
-    service = service_for(home, cfg, submission=False)
+    local = LocalView(home) if cfg.rcptcheck else None
+    service = service_for(home, cfg, submission=False, local=local)
     policy = SmtpPolicy(cfg, client, queue_for(client, home), service)
     try:
         await serve_smtp(reader, writer, policy)

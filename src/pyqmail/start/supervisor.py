@@ -317,7 +317,8 @@ class Supervisor:
                     os.close(lock_fd)
                     return 0
                 for comp in self.components:  # HUP and ALRM go to send, as in qmail
-                    hup = sig == signal.SIGHUP and comp.name == "lookup"  # reread controls
+                    # and HUP to those that read send's routing controls too
+                    hup = sig == signal.SIGHUP and comp.name in ("lookup", "smtpd")
                     if (comp.name == "send" or hup) and comp.proc is not None:
                         comp.proc.send_signal(sig)
             self.reap()
