@@ -32,6 +32,7 @@ from pyqmail.ipc.frames import read_frame
 from pyqmail.ipc.queue_proto import MAGIC, SubmissionServer, WriterPool
 from pyqmail.queue import writer as writer_mod
 from pyqmail.queue.writer import QueueWriter
+from pyqmail.unix import durable
 from tests.harness import init_home, wait_until
 
 ENV = b"Fa@example.org\0Tb@example.net\0\0"
@@ -325,3 +326,36 @@ def test_no_k_before_the_files_and_the_todo_name_are_durable(home: Home, tmp_pat
         assert any(written[msg_id] < s and e < rename_start for s, e in syncs), msg_id
         # a sync begun after the rename ended, and over before the K
         assert any(rename_end < s and e < k_at for s, e in syncs), msg_id
+
+
+def test_a_failed_sync_answers_z_and_leaves_nothing(
+    home: Home, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A disk that fails the commit's sync (an I/O error cannot be made on
+    demand here, so the sync is made to fail once): the message is refused
+    with qmail's write error and removed; the next one is queued."""
+    real = durable.fsync_fds_and_dirs
+    failures = [OSError(5, "Input/output error")]
+
+    def flaky(fds: list[int], dirs: list[str]) -> None:
+        if failures:
+            raise failures.pop()
+        real(fds, dirs)
+
+    monkeypatch.setattr(durable, "fsync_fds_and_dirs", flaky)
+
+    async def run() -> list[tuple[str, int]]:
+        path = str(tmp_path / "w.sock")
+        async with writer_on(home, path):
+            pool = WriterPool(path, b"local")
+            got = [await submit(pool, b"Subject: %d\n\nx\n" % n) for n in range(2)]
+            pool.close()
+            return got
+
+    before = queue_files(home)
+    (first, _), (second, msg_id) = asyncio.run(run())
+    assert first == "Z"
+    assert second == "K"
+    assert sorted(set(queue_files(home)) - set(before)) == sorted(
+        [home.q("todo", str(msg_id)), home.split_path("mess", msg_id)]
+    )

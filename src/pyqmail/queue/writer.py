@@ -15,13 +15,13 @@ Theory of operation (qmail-files §6.3, with group commit):
      not already), and the envelope goes to intd/N. Each file is a spare
      (queue/spare.py: a finished message's file, overwritten and cut to
      length) when there is one, else a new file. Both are plain writes
-     on the event loop: creating a file may wait briefly for the journal
-     while a commit runs, which costs less than a thread hop per file.
-  3. The commit thread takes every message that reached this point, makes
-     their mess and intd files and the directories durable (one sync),
-     renames each intd/N to todo/N, and the next sync makes todo/ durable.
-     Only then is the client answered K. Rounds are pipelined: one sync
-     serves this round's files and the previous round's renames.
+     on the event loop, which costs less than a thread hop per file.
+  3. A commit round, run on the loop after the turn in which messages got
+     here, takes every one of them, makes their mess and intd files and
+     the directories durable (one sync), renames each intd/N to todo/N,
+     and the next round's sync makes todo/ durable. Only then is the
+     client answered K. Rounds are pipelined: one sync serves this round's
+     files and the previous round's renames.
      The rename is the commit point: a crash before it leaves S2/S3 debris
      (mess without todo, intd without todo) that start-up removes; after
      it, the message is queued. A message refused or broken off before
@@ -36,9 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import queue
 import socket
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -140,10 +138,11 @@ class QueueWriter:
         self.bounce_uids = self._uids_of("qmails")
         self._next_id = 0
         self.spares = spare.Spares(home)
-        # to the commit thread; None asks it to stop
-        self._queue: queue.SimpleQueue[Pending | None] = queue.SimpleQueue()
-        self._committer: threading.Thread | None = None
-        self._in_flight = 0  # messages handed to the commit thread, not yet answered
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._batch: list[Pending] = []  # files written, for the next round's sync
+        self._renamed: list[Pending] = []  # in todo/, for the next round's sync
+        self._round_due = False
+        self._in_flight = 0  # messages handed to the commit, not yet answered
         self._trigger_fd = -1
         self.rounds = self.committed = 0  # for the exit line: messages per sync
         self._date_at, self._date_text = 0, ""
@@ -228,94 +227,86 @@ class QueueWriter:
 
     # -- group commit ---------------------------------------------------
     def commit_later(self, pending: Pending) -> None:
-        if self._committer is None:
-            self._committer = threading.Thread(
-                target=self._commit_loop, args=(asyncio.get_running_loop(),), daemon=True
-            )
-            self._committer.start()
         self._in_flight += 1
         self._idle.clear()
-        self._queue.put(pending)
+        self._batch.append(pending)
+        self._round_soon()
 
-    def _commit_loop(self, loop: asyncio.AbstractEventLoop) -> None:
-        """The commit thread, pipelined: each round's one sync makes this
+    def _round_soon(self) -> None:
+        if not self._round_due:
+            self._round_due = True
+            if self._loop is None:
+                self._loop = asyncio.get_running_loop()
+            self._loop.call_soon(self._commit_round)
+
+    def _commit_round(self) -> None:
+        """One commit round, on the loop, pipelined: its one sync makes this
         round's files durable and the previous round's renames to todo/.
 
         Round n: sync(files of batch n, and todo/ holding batch n-1's names);
         now batch n-1 is queued (answer K) and batch n's data is safe to
-        publish: rename its intd/N to todo/N. The next round's sync, with or
-        without new files, makes those renames durable. Under load that is
-        one sync per round instead of two, and the thread is never woken
-        while there is work.
+        publish: rename its intd/N to todo/N. The next round, with or without
+        new files, makes those renames durable: under load, one sync per
+        round instead of two.
+
+        The loop waits while the sync runs; messages arriving meanwhile are
+        read after it and go in the next round. A thread of its own cost
+        more than that wait: handing each batch over and each answer back,
+        and sharing the GIL, took about 0.1 ms of CPU per message (measured
+        on workload (a) at C=10: the writer's CPU went from 0.39 to 0.30 ms
+        per message, and more messages per second at C=1, 10 and 50).
         """
         try:
-            self._commit_rounds(loop)
+            self._round()
         except BaseException as exc:
             # nothing can be acknowledged any more: die, and let the
             # supervisor start a writer that removes the debris
-            log(f"alert: commit thread failed: {exc!r}")
+            log(f"alert: commit failed unexpectedly: {exc!r}")
             os._exit(111)
 
-    def _commit_rounds(self, loop: asyncio.AbstractEventLoop) -> None:
-        renamed: list[Pending] = []
-        stopping = False
-        while not (stopping and not renamed):
-            got = [] if renamed or stopping else [self._queue.get()]
-            while True:
-                try:
-                    got.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            batch = [p for p in got if p is not None]
-            stopping = stopping or len(batch) < len(got)
-            if not batch and not renamed:
-                continue
-            try:
-                durable.fsync_fds_and_dirs(
-                    [fd for p in batch for fd in (p.mess_fd, p.intd_fd)],
-                    [os.path.dirname(self.home.split_path("mess", p.msg_id)) for p in batch]
-                    + ([self.home.q("intd")] if batch else [])
-                    + ([self.home.q("todo")] if renamed else []),
-                )
-            except OSError as exc:
-                # batch n is unpublished: it goes. Batch n-1 is in todo/ and
-                # stays (send delivers it); its clients hear Z all the same,
-                # as the sync that would have made it durable failed.
-                log(f"warning: commit failed: {exc}")
-                self._close_files(batch)
-                for p in batch:
-                    self.discard(p.msg_id, -1, -1)
-                self._answer_from_thread(loop, [], renamed + batch)
-                renamed = []
-                continue
-            self._close_files(batch)
-            self.rounds += 1
-            self.committed += len(renamed)
-            if renamed:
-                self._pull_trigger()
-            # batch n-1 is queued; batch n is next
-            queued, renamed, failed = renamed, [], []
-            for p in batch:
-                try:
-                    os.rename(
-                        self.home.q("intd", str(p.msg_id)), self.home.q("todo", str(p.msg_id))
-                    )
-                except OSError as exc:
-                    log(f"warning: commit failed: {exc}")
-                    self.discard(p.msg_id, -1, -1)
-                    failed.append(p)
-                else:
-                    renamed.append(p)
-            if queued or failed:
-                self._answer_from_thread(loop, queued, failed)
-
-    def _answer_from_thread(
-        self, loop: asyncio.AbstractEventLoop, queued: list[Pending], failed: list[Pending]
-    ) -> None:
+    def _round(self) -> None:
+        self._round_due = False
+        batch, self._batch = self._batch, []
+        renamed, self._renamed = self._renamed, []
+        if not batch and not renamed:
+            return
         try:
-            loop.call_soon_threadsafe(self._answered, queued, failed)
-        except RuntimeError:
-            pass  # the loop has ended: no client is left to answer
+            durable.fsync_fds_and_dirs(
+                [fd for p in batch for fd in (p.mess_fd, p.intd_fd)],
+                [os.path.dirname(self.home.split_path("mess", p.msg_id)) for p in batch]
+                + ([self.home.q("intd")] if batch else [])
+                + ([self.home.q("todo")] if renamed else []),
+            )
+        except OSError as exc:
+            # batch n is unpublished: it goes. Batch n-1 is in todo/ and
+            # stays (send delivers it); its clients hear Z all the same,
+            # as the sync that would have made it durable failed.
+            log(f"warning: commit failed: {exc}")
+            self._close_files(batch)
+            for p in batch:
+                self.discard(p.msg_id, -1, -1)
+            self._answered([], renamed + batch)
+            return
+        self._close_files(batch)
+        self.rounds += 1
+        self.committed += len(renamed)
+        if renamed:
+            self._pull_trigger()
+        # batch n-1 is queued; batch n is next
+        failed: list[Pending] = []
+        for p in batch:
+            try:
+                os.rename(self.home.q("intd", str(p.msg_id)), self.home.q("todo", str(p.msg_id)))
+            except OSError as exc:
+                log(f"warning: commit failed: {exc}")
+                self.discard(p.msg_id, -1, -1)
+                failed.append(p)
+            else:
+                self._renamed.append(p)
+        if renamed or failed:
+            self._answered(renamed, failed)
+        if self._renamed:
+            self._round_soon()
 
     @staticmethod
     def _close_files(batch: list[Pending]) -> None:
@@ -325,7 +316,7 @@ class QueueWriter:
                     os.close(fd)
 
     def _answered(self, queued: list[Pending], failed: list[Pending]) -> None:
-        """On the loop: answer a round's clients."""
+        """Answer a round's clients."""
         for p in failed:
             p.reply(b"Z" + WRITE_ERROR.encode())
         for p in queued:
@@ -335,7 +326,7 @@ class QueueWriter:
             self._idle.set()
 
     def _pull_trigger(self) -> None:
-        # the commit thread's own descriptor, kept open: send holds the FIFO
+        # a descriptor of its own, kept open: send holds the FIFO
         # open for reading, so one write wakes it; with no reader (send
         # restarting) the write fails and the next pull opens it again
         if self._trigger_fd < 0:
@@ -355,11 +346,7 @@ class QueueWriter:
         await self._idle.wait()
 
     def close(self) -> None:
-        """After drain(): stop the commit thread."""
-        if self._committer is not None:
-            self._queue.put(None)
-            self._committer.join(10)
-            self._committer = None
+        """After drain()."""
         if self._trigger_fd >= 0:
             os.close(self._trigger_fd)
             self._trigger_fd = -1
