@@ -272,6 +272,20 @@ def table(summary: dict[str, dict[str, dict[str, float]]], names: list[str]) -> 
     return lines
 
 
+def reference_ms() -> float:
+    """CPU time of a fixed pure-Python loop: how fast this machine is right now.
+
+    On a shared host the same code costs more CPU time while neighbours are
+    busy (the time the host takes away is still counted as ours); this
+    puts the absolute figures of a run, CPU per message above all, in scale.
+    """
+    t0 = time.process_time()
+    total = 0
+    for i in range(3_000_000):
+        total += i & 7
+    return (time.process_time() - t0) * 1000
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="small counts, one repetition")
@@ -288,11 +302,13 @@ def main() -> int:
     started = time.time()
     sink_proc, sink = start_sink()
     runs: dict[str, list[Run]] = {k.name: [] for k in kinds}
+    references: list[float] = []
     try:
         ceil = ceiling(sink, plan)
         for rep in range(plan.reps):
             for kind in kinds:
                 print(f"rep {rep + 1}/{plan.reps}: {kind.name}", file=sys.stderr, flush=True)
+                references.append(reference_ms())
                 runs[kind.name].append(one_rep(kind(sink), sink, plan))
     finally:
         sink_proc.terminate()
@@ -314,6 +330,11 @@ def main() -> int:
         f"{plan.c_msgs} msgs for (c), {plan.d_idle} idle connections for (d); fsync on in both; "
         f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end; "
         f"took {took:.0f} s).{alone}",
+        "",
+        f"Machine speed: a fixed pure-Python loop ({reference_ms.__name__} in "
+        f"bench/compare.py) took {fmt(statistics.median(references))} ms of CPU "
+        f"({fmt(min(references))} - {fmt(max(references))}) before the repetitions; "
+        "on a busy shared host everything, CPU per message included, costs more.",
         "",
         *table({k: v for k, v in summary.items() if not k.startswith(BY_PROCESS)}, names),
         "",
@@ -349,6 +370,7 @@ def main() -> int:
                 "postfix": why_not or "run",
                 "machine": platform.platform(),
                 "ceiling": ceil,
+                "reference_ms": references,
                 "runs": runs,
                 "summary": summary,
             },
