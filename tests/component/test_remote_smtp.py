@@ -11,6 +11,7 @@ import ssl
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trustme
@@ -477,39 +478,39 @@ def test_a_server_calling_itself_localhost_is_no_loop(tmp_path: Path) -> None:
         assert one(tmp_path, cfg, (b"x@example.net",))[0].startswith(b"K")
 
 
+def copies_timed(tmp: Path, n: int, **sink: Any) -> tuple[Run, float, int]:
+    """n copies of one message over one connection, timeoutremote 1 s, to a
+    sink with the given behaviour: the reports, the time taken, and what the
+    sink took."""
+    with running_sink(**sink) as server:
+        t0 = time.monotonic()
+        run = deliver(
+            tmp,
+            config(server.port, timeoutremote=1),
+            [(b"a@example.org", (b"x@example.net",), BODY)] * n,
+        )
+        return run, time.monotonic() - t0, len(server.messages)
+
+
 def test_a_server_that_stops_answering_is_given_up_on_after_timeoutremote(
     tmp_path: Path,
 ) -> None:
     """control/timeoutremote bounds each wait, also on a reused connection:
     the first message goes, the second's final dot is never answered."""
-    with running_sink(stall_at_dot=2) as sink:
-        t0 = time.monotonic()
-        run = deliver(
-            tmp_path,
-            config(sink.port, timeoutremote=1),
-            [(b"a@example.org", (b"x@example.net",), BODY)] * 2,
-        )
-        took = time.monotonic() - t0
+    run, took, taken = copies_timed(tmp_path, 2, stall_at_dot=2)
     assert run.reports[0][0].startswith(b"K127.0.0.1 accepted message.")
     assert run.reports[1] == [
         b"ZConnected to 127.0.0.1 but connection died. Possible duplicate! (#4.4.2)\n"
     ]
     assert (run.opened, run.reused) == (1, 1)
     assert 1 <= took < 10
-    assert len(sink.messages) == 1
+    assert taken == 1
 
 
 def test_timeoutremote_bounds_each_wait_not_the_whole_session(tmp_path: Path) -> None:
     """Every reply 0.4 s late, timeoutremote 1 s: three messages over one
     connection take well over a second in all, and each is delivered."""
-    with running_sink(reply_delay=0.4) as sink:
-        t0 = time.monotonic()
-        run = deliver(
-            tmp_path,
-            config(sink.port, timeoutremote=1),
-            [(b"a@example.org", (b"x@example.net",), BODY)] * 3,
-        )
-        took = time.monotonic() - t0
+    run, took, taken = copies_timed(tmp_path, 3, reply_delay=0.4)
     assert [r[0][:1] for r in run.reports] == [b"K"] * 3
     assert took > 2
-    assert len(sink.messages) == 3
+    assert taken == 3
