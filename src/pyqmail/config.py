@@ -36,11 +36,14 @@ class Home:
     def queue(self) -> str:
         return os.path.join(self.root, "queue")
 
+    # "/".join, not os.path.join: these run several times a message in
+    # every queue component, the parts are our own relative names, and root
+    # is absolute (from_env) with no trailing slash ("/" gives "//queue")
     def q(self, *parts: str) -> str:
-        return os.path.join(self.root, "queue", *parts)
+        return "/".join((self.root, "queue", *parts))
 
     def split_path(self, kind: str, msg_id: int) -> str:
-        return os.path.join(self.root, "queue", kind, str(msg_id % SPLIT), str(msg_id))
+        return f"{self.root}/queue/{kind}/{msg_id % SPLIT}/{msg_id}"
 
     @property
     def writer_socket(self) -> str:

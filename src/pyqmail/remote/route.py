@@ -16,6 +16,7 @@ import ipaddress
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from pyqmail.config import RemoteConfig
@@ -122,7 +123,13 @@ def make_resolver(cfg: RemoteConfig) -> dns.asyncresolver.Resolver:
     return res
 
 
+@lru_cache(maxsize=4096)
 def literal_ip(host: str) -> str | None:
+    """The address a host name that is an IP literal stands for, else None.
+
+    Cached: it is asked for every delivery (the domain, or its smtproutes
+    relay), and a name that is not an address costs ipaddress a ValueError.
+    """
     text = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     text = text.removeprefix("IPv6:")
     try:
