@@ -26,19 +26,21 @@ for i in range(4):
     fd = os.open(os.path.join(base, "a", str(i)), os.O_WRONLY | os.O_CREAT, 0o600)
     os.write(fd, b"x" * 4096)
     fds.append(fd)
-durable.fsync_fds_and_dirs(fds, [os.path.join(base, "a"), os.path.join(base, "b")])
+in_dirs = sys.argv[3] == "in-dirs"  # the files are in the directories given
+dirs = [os.path.join(base, "a"), os.path.join(base, "b")]
+durable.fsync_fds_and_dirs(fds, dirs, fds_in_dirs=in_dirs)
 durable.sync_dir(os.path.join(base, "b"))
 print("done")
 """
 
 
-def traced_calls(mode: str, tmp_path: Path) -> list[str]:
+def traced_calls(mode: str, tmp_path: Path, fds: str) -> list[str]:
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     out = subprocess.run(
         [
             *("strace", "-f", "-qq", "-e", "trace=syncfs,fsync,fdatasync"),
-            *(sys.executable, "-c", BATCH, mode, str(tmp_path)),
+            *(sys.executable, "-c", BATCH, mode, str(tmp_path), fds),
         ],
         capture_output=True,
         text=True,
@@ -56,16 +58,21 @@ def traced_calls(mode: str, tmp_path: Path) -> list[str]:
 needs_strace = pytest.mark.skipif(shutil.which("strace") is None, reason="strace not installed")
 
 
+FDS = pytest.mark.parametrize("fds", ["in-dirs", "anywhere"])
+
+
 @needs_strace
-def test_syncfs_mode_makes_a_batch_one_syscall(tmp_path: Path) -> None:
-    calls = traced_calls("syncfs", tmp_path)
+@FDS
+def test_syncfs_mode_makes_a_batch_one_syscall(tmp_path: Path, fds: str) -> None:
+    calls = traced_calls("syncfs", tmp_path, fds)
     # one for the batch (all on one filesystem), one for sync_dir
     assert calls == ["syncfs", "syncfs"]
 
 
 @needs_strace
-def test_fsync_mode_fsyncs_every_file_and_directory(tmp_path: Path) -> None:
-    calls = traced_calls("fsync", tmp_path)
+@FDS
+def test_fsync_mode_fsyncs_every_file_and_directory(tmp_path: Path, fds: str) -> None:
+    calls = traced_calls("fsync", tmp_path, fds)
     assert calls.count("fsync") == 4 + 2 + 1
     assert "syncfs" not in calls
 

@@ -337,10 +337,10 @@ def test_a_failed_sync_answers_z_and_leaves_nothing(
     real = durable.fsync_fds_and_dirs
     failures = [OSError(5, "Input/output error")]
 
-    def flaky(fds: list[int], dirs: list[str]) -> None:
+    def flaky(fds: list[int], dirs: list[str], *, fds_in_dirs: bool = False) -> None:
         if failures:
             raise failures.pop()
-        real(fds, dirs)
+        real(fds, dirs, fds_in_dirs=fds_in_dirs)
 
     monkeypatch.setattr(durable, "fsync_fds_and_dirs", flaky)
 

@@ -276,6 +276,7 @@ class QueueWriter:
                 [os.path.dirname(self.home.split_path("mess", p.msg_id)) for p in batch]
                 + ([self.home.q("intd")] if batch else [])
                 + ([self.home.q("todo")] if renamed else []),
+                fds_in_dirs=True,
             )
         except OSError as exc:
             # batch n is unpublished: it goes. Batch n-1 is in todo/ and

@@ -56,17 +56,21 @@ def fsync_fds(fds: Sequence[int]) -> None:
     list(_batch().map(os.fsync, fds))
 
 
-def fsync_fds_and_dirs(fds: Sequence[int], dirs: Iterable[str]) -> None:
+def fsync_fds_and_dirs(
+    fds: Sequence[int], dirs: Iterable[str], *, fds_in_dirs: bool = False
+) -> None:
     """Make files and directories durable all at once: one journal commit.
 
     For callers whose only ordering need is "all of these before the next
     step" (data and the names pointing at it, before a rename publishes them).
     With syncfs on, one syncfs(2) per filesystem involved does it; otherwise
-    every file and directory is fsynced, in parallel.
+    every file and directory is fsynced, in parallel. fds_in_dirs: every
+    file is in one of dirs, so the directories name every filesystem
+    involved and the files need no fstat to find theirs.
     """
     dirs = sorted(set(dirs))
     if _syncfs_on():
-        _syncfs_all(fds, dirs)
+        _syncfs_all(() if fds_in_dirs and dirs else fds, dirs)
     else:
         list(_batch().map(_fsync_one, [*fds, *dirs]))
 
