@@ -8,13 +8,22 @@ _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct",
 _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 
 
+_last822: tuple[int, str] = (-1, "")  # every message's Received line: made once a second
+
+
 def date822(now: float) -> str:
     """``5 Jan 2024 10:00:00 -0000``: no leading zero on the day, literal -0000."""
-    t = time.gmtime(now)
-    return (
+    global _last822
+    second = int(now)
+    if _last822[0] == second:
+        return _last822[1]
+    t = time.gmtime(second)
+    text = (
         f"{t.tm_mday} {_MONTHS[t.tm_mon - 1]} {t.tm_year} "
         f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} -0000"
     )
+    _last822 = (second, text)
+    return text
 
 
 def mbox_date(now: float) -> str:

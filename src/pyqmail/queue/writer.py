@@ -145,7 +145,6 @@ class QueueWriter:
         self._in_flight = 0  # messages handed to the commit, not yet answered
         self._trigger_fd = -1
         self.rounds = self.committed = 0  # for the exit line: messages per sync
-        self._date_at, self._date_text = 0, ""
         self.server = SubmissionServer(self.open_message)  # the socket's protocol factory
         self._idle = asyncio.Event()
         self._idle.set()
@@ -207,14 +206,10 @@ class QueueWriter:
             return "invoked for bounce"
         return f"invoked by uid {uid}"
 
-    def _date(self) -> str:
-        now = int(time.time())
-        if now != self._date_at:
-            self._date_at, self._date_text = now, date822(now)
-        return self._date_text
-
     def open_message(self, origin: bytes, uid: int, pid: int) -> Message:
-        received = f"Received: (qmail {pid} {self._origin_text(origin, uid)}); {self._date()}\n"
+        received = (
+            f"Received: (qmail {pid} {self._origin_text(origin, uid)}); {date822(time.time())}\n"
+        )
         return Message(self, received.encode(), uid, pid)
 
     def discard(self, msg_id: int, mess_fd: int, intd_fd: int) -> None:
