@@ -42,24 +42,27 @@ def test_clean_moves_a_done_message_into_spare_and_keeps_a_file_held_open(home: 
     held = make_message(home, 5002, "todo")
     linked = make_message(home, 5003, "todo")
     os.link(linked, home.q("pid", "extra-name"))
+    make_message(home, 5004, "todo")
+    os.link(home.q("todo", "5004"), home.q("pid", "envelope-name"))
     # what a .qmail program's child that kept its stdin would hold
     fd = os.open(held, os.O_RDONLY)
     try:
         with running_clean(home):
-            got = request(home, [b"done/5001", b"done/5002", b"done/5003"])
-        assert got == [b"done/5001\0+", b"done/5002\0+", b"done/5003\0+"]
+            got = request(home, [b"done/5001", b"done/5002", b"done/5003", b"done/5004"])
+        assert got == [b"done/5001\0+", b"done/5002\0+", b"done/5003\0+", b"done/5004\0+"]
         # every name is gone from the queue
-        for msg_id in (5001, 5002, 5003):
+        for msg_id in (5001, 5002, 5003, 5004):
             assert not os.path.exists(home.split_path("mess", msg_id))
             assert not os.path.exists(home.q("todo", str(msg_id)))
-        # the envelopes nobody held, and the free body, are spares; the
-        # held body and the one with a second name were unlinked
-        assert spares(home) == ["e5001", "e5002", "e5003", "m5001"]
+        # the envelopes with one name, and the free body, are spares; the
+        # held body and the files with a second name were unlinked
+        assert spares(home) == ["e5001", "e5002", "e5003", "m5001", "m5004"]
         assert {
             os.stat(os.path.join(spare.spare_dir(home), n)).st_ino for n in ("m5001", "e5001")
         } == inodes
         assert os.pread(fd, 100, 0) == b"Subject: x\n\nbody\n"
         assert os.path.exists(home.q("pid", "extra-name"))
+        assert Path(home.q("pid", "envelope-name")).read_bytes() == b"u0\0p0\0Fa@b\0"
     finally:
         os.close(fd)
 

@@ -18,12 +18,13 @@ file gets. A spare is garbage until then: nothing reads queue/spare/, and
 a crash leaves at worst an unpublished intd/N or mess/S/N that the
 writer's start-up removes, as it would a new file.
 
-A file is only reused when nothing else can still read it: clean takes a
+A body is only reused when nothing else can still read it: clean takes a
 write lease (F_SETLEASE), which the kernel grants only while no other
 process has the file open. A program run by a .qmail line gets the message
 as its stdin and may leave a child holding it; that message's body is
-unlinked, not reused, so no later message can show up in it. The same
-holds for a file with a second link, or one not owned by the queue's user.
+unlinked, not reused, so no later message can show up in it. Envelopes are
+read only by send and the operator's queue tools, and need no lease. No
+file with a second link, or not owned by the queue's user, is reused.
 """
 
 from __future__ import annotations
@@ -48,17 +49,30 @@ def spare_dir(home: Home) -> str:
 
 def retire(home: Home, path: str, kind: str, msg_id: int) -> bool:
     """Remove a finished message's file: into spare/ if it can be reused,
-    else unlinked. True if it was there."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except FileNotFoundError:
-        return False
-    except OSError:
-        return durable.unlink_quiet(path)
-    try:
-        reusable = _alone(fd)
-    finally:
-        os.close(fd)
+    else unlinked. True if it was there.
+
+    An envelope (todo/N) is only ever read by send, which closes it at once,
+    and by the operator's queue tools: it needs no lease, only to be ours,
+    plain and with one name. A body may be held by a .qmail program's child.
+    """
+    if kind == ENVELOPE:
+        try:
+            reusable = _ours(os.stat(path, follow_symlinks=False))
+        except FileNotFoundError:
+            return False
+        except OSError:
+            reusable = False
+    else:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except FileNotFoundError:
+            return False
+        except OSError:
+            return durable.unlink_quiet(path)
+        try:
+            reusable = _alone(fd)
+        finally:
+            os.close(fd)
     if reusable:
         try:
             os.rename(path, os.path.join(spare_dir(home), f"{kind}{msg_id}"))
@@ -69,11 +83,15 @@ def retire(home: Home, path: str, kind: str, msg_id: int) -> bool:
     return durable.unlink_quiet(path)
 
 
+def _ours(st: os.stat_result) -> bool:
+    """A plain file with one name, owned by this process's user."""
+    return stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and st.st_uid == _euid()
+
+
 def _alone(fd: int) -> bool:
-    """True if fd's file is ours, a plain file with one name, open nowhere else."""
+    """True if fd's file is ours (_ours) and open nowhere else."""
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or st.st_uid != _euid():
+        if not _ours(os.fstat(fd)):
             return False
         # granted only if no other open file description refers to the file
         fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)
