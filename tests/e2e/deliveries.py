@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import re
 import smtplib
+import threading
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from tests.harness import RunningMta, wait_until
@@ -57,3 +58,42 @@ def assert_each_acked_once(tokens: Counter[int], acked: set[int]) -> None:
     assert not duplicates, f"delivered more than once: {duplicates}"
     missing = acked - set(tokens)
     assert not missing, f"acknowledged but not delivered: {sorted(missing)}"
+
+
+def send_from_threads(
+    mta: RunningMta,
+    total: int,
+    clients: int,
+    message: Callable[[int], bytes],
+    before: Callable[[int], None] = lambda _n: None,
+    timeout: float = 240,
+) -> set[int]:
+    """Messages 0 .. total-1 to postmaster@localhost from `clients` threads,
+    one SMTP session each; before(n) runs first (a kill, say). The numbers
+    acknowledged with 250: one refused or cut off may arrive, never twice."""
+    acked: set[int] = set()
+    lock = threading.Lock()
+    counter = iter(range(total))
+
+    def client() -> None:
+        while True:
+            with lock:
+                n = next(counter, None)
+            if n is None:
+                return
+            before(n)
+            try:
+                with smtplib.SMTP("127.0.0.1", mta.smtp_port, timeout=30) as c:
+                    c.sendmail("a@example.org", ["postmaster@localhost"], message(n))
+            except (smtplib.SMTPException, OSError):
+                continue
+            with lock:
+                acked.add(n)
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout)
+    assert not any(t.is_alive() for t in threads), "a client is still sending"
+    return acked

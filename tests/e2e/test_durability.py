@@ -12,12 +12,9 @@ import contextlib
 import os
 import re
 import signal
-import smtplib
-import threading
-from collections import Counter
 from pathlib import Path
 
-from tests.e2e.deliveries import assert_each_acked_once, token_counts
+from tests.e2e.deliveries import assert_each_acked_once, send_from_threads, token_counts
 from tests.harness import init_home, running_mta, wait_until
 
 TOTAL = 200
@@ -38,42 +35,23 @@ def kill_a_worker(lspawn_pid: int) -> None:
 def test_kill_writer_and_send_midway_loses_nothing(tmp_path: Path) -> None:
     home = tmp_path / "qmail"
     init_home(home)
-    acked: set[int] = set()
-    sent = Counter[str]()
-    lock = threading.Lock()
-    counter = iter(range(TOTAL))
 
     with running_mta(home) as mta:
 
-        def client() -> None:
-            while True:
-                with lock:
-                    n = next(counter, None)
-                    sent["started"] += 1
-                if n is None:
-                    return
-                if n == TOTAL // 3:
-                    os.kill(mta.component_pid("queue"), signal.SIGKILL)
-                if n == TOTAL // 2:
-                    os.kill(mta.component_pid("lspawn"), signal.SIGKILL)
-                if n == 2 * TOTAL // 3:
-                    os.kill(mta.component_pid("send"), signal.SIGKILL)
-                if n == 5 * TOTAL // 6:
-                    kill_a_worker(mta.component_pid("lspawn"))
-                body = f"Subject: durable {n}\r\nX-Token: tok{n}\r\n\r\nmessage {n}\r\n"
-                try:
-                    with smtplib.SMTP("127.0.0.1", mta.smtp_port, timeout=30) as c:
-                        c.sendmail("a@example.org", ["postmaster@localhost"], body.encode())
-                except (smtplib.SMTPException, OSError):
-                    continue  # not acknowledged: may or may not arrive, never twice
-                with lock:
-                    acked.add(n)
+        def before(n: int) -> None:
+            if n == TOTAL // 3:
+                os.kill(mta.component_pid("queue"), signal.SIGKILL)
+            if n == TOTAL // 2:
+                os.kill(mta.component_pid("lspawn"), signal.SIGKILL)
+            if n == 2 * TOTAL // 3:
+                os.kill(mta.component_pid("send"), signal.SIGKILL)
+            if n == 5 * TOTAL // 6:
+                kill_a_worker(mta.component_pid("lspawn"))
 
-        threads = [threading.Thread(target=client) for _ in range(CONCURRENCY)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(120)
+        def message(n: int) -> bytes:
+            return f"Subject: durable {n}\r\nX-Token: tok{n}\r\n\r\nmessage {n}\r\n".encode()
+
+        acked = send_from_threads(mta, TOTAL, CONCURRENCY, message, before, timeout=120)
         assert len(acked) > TOTAL // 2, "most messages should be acknowledged"
         wait_until(mta.queue_empty, 60, "every queued message to be delivered")
         log = mta.log()

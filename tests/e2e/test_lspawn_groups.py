@@ -19,7 +19,7 @@ import threading
 import time
 from pathlib import Path
 
-from tests.e2e.deliveries import assert_each_acked_once, token_counts
+from tests.e2e.deliveries import assert_each_acked_once, send_from_threads, token_counts
 from tests.harness import init_home, pyqmail, running_mta, wait_until, write_control
 
 TOTAL = 200
@@ -40,9 +40,6 @@ def test_killing_the_grouping_worker_repeatedly_delivers_each_message_once(
     home = tmp_path / "qmail"
     init_home(home)
     write_control(home, "retryunit", "10\n")  # a crashed delivery is retried within a second
-    acked: set[int] = set()
-    lock = threading.Lock()
-    counter = iter(range(TOTAL))
     killed: list[int] = []
     done = threading.Event()
 
@@ -63,28 +60,12 @@ def test_killing_the_grouping_worker_repeatedly_delivers_each_message_once(
                     last = delivered
                 time.sleep(0.005)
 
-        def client() -> None:
-            while True:
-                with lock:
-                    n = next(counter, None)
-                if n is None:
-                    return
-                body = f"Subject: grouped {n}\r\nX-Token: tok{n}\r\n\r\nmessage {n}\r\n"
-                try:
-                    with smtplib.SMTP("127.0.0.1", mta.smtp_port, timeout=30) as c:
-                        c.sendmail("a@example.org", ["postmaster@localhost"], body.encode())
-                except (smtplib.SMTPException, OSError):
-                    continue
-                with lock:
-                    acked.add(n)
+        def message(n: int) -> bytes:
+            return f"Subject: grouped {n}\r\nX-Token: tok{n}\r\n\r\nmessage {n}\r\n".encode()
 
         kill_thread = threading.Thread(target=killer)
         kill_thread.start()
-        threads = [threading.Thread(target=client) for _ in range(CONCURRENCY)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(120)
+        acked = send_from_threads(mta, TOTAL, CONCURRENCY, message, timeout=120)
         done.set()
         kill_thread.join(30)
         assert len(acked) == TOTAL, "only workers were killed: every message is accepted"

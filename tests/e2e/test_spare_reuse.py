@@ -11,11 +11,9 @@ from __future__ import annotations
 import os
 import re
 import signal
-import smtplib
-import threading
 from pathlib import Path
 
-from tests.e2e.deliveries import assert_each_acked_once, token_counts
+from tests.e2e.deliveries import assert_each_acked_once, send_from_threads, token_counts
 from tests.harness import RunningMta, init_home, running_mta, wait_until
 
 RCPT = "postmaster@localhost"
@@ -44,34 +42,14 @@ def test_reused_files_deliver_every_message_whole_through_kills(tmp_path: Path) 
     init_home(home)
     total, clients = 140, 4
     kills = {45: ("queue", "status: queue writer ready"), 95: ("clean", "started clean pid")}
-    acked: set[int] = set()
-    lock = threading.Lock()
-    counter = iter(range(total))
 
     with running_mta(home) as mta:
 
-        def client() -> None:
-            while True:
-                with lock:
-                    n = next(counter, None)
-                if n is None:
-                    return
-                if n in kills:
-                    restart(mta, *kills[n])
-                try:
-                    with smtplib.SMTP("127.0.0.1", mta.smtp_port, timeout=60) as c:
-                        c.sendmail("a@example.org", [RCPT], message(n))
-                except (smtplib.SMTPException, OSError):
-                    continue  # not acknowledged: may arrive, never twice
-                with lock:
-                    acked.add(n)
+        def before(n: int) -> None:
+            if n in kills:
+                restart(mta, *kills[n])
 
-        threads = [threading.Thread(target=client) for _ in range(clients)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(240)
-        assert not any(t.is_alive() for t in threads)
+        acked = send_from_threads(mta, total, clients, message, before)
         wait_until(mta.queue_empty, 90, "every queued message to be delivered")
         files = mta.maildir_files("postmaster")
     assert len(acked) > total // 2
