@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
-from pyqmail.config import RemoteConfig
+from pyqmail.config import RemoteConfig, parse_server
 from pyqmail.formats.control import domain_keys
 
 if TYPE_CHECKING:
@@ -79,17 +79,12 @@ def smtproute(domain: str, cfg: RemoteConfig) -> tuple[str, int] | None:
 
 
 def parse_resolver(entry: str) -> tuple[str, int]:
-    """control/resolvers line: ``IP``, ``IPv4:PORT``, ``[IPv6]:PORT`` or a bare IPv6."""
-    host, port = entry, DNS_PORT
-    if entry.startswith("["):
-        host, _, p = entry[1:].partition("]")
-        if p.startswith(":") and p[1:].isdigit():
-            port = int(p[1:])
-    elif entry.count(":") == 1:
-        host, _, p = entry.partition(":")
-        if p.isdigit():
-            port = int(p)
-    return host, port
+    """control/resolvers line: ``IP``, ``IP:PORT``, ``[IPv6]:PORT`` or a bare IPv6.
+
+    A line that is none of these (pyqmail check names it) is passed on as it
+    is, for dnspython to refuse.
+    """
+    return parse_server(entry, DNS_PORT) or (entry, DNS_PORT)
 
 
 class LazyResolver:
