@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -400,3 +400,26 @@ def run_tool(home: Path, *argv: str) -> subprocess.CompletedProcess[str]:
         timeout=30,
         check=False,
     )
+
+
+needs_strace = pytest.mark.skipif(shutil.which("strace") is None, reason="strace not installed")
+
+
+def strace_python(code: str, *args: str, trace: str) -> subprocess.CompletedProcess[str]:
+    """``python -c code args`` under ``strace -f -qq -e trace=...``: strace's
+    lines are in the result's stderr, with whatever the program wrote there."""
+    return subprocess.run(
+        [*("strace", "-f", "-qq", "-e", f"trace={trace}"), sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+
+
+def call_names(lines: Iterable[str]) -> list[str]:
+    """The system calls strace's lines show, in order; a call strace split
+    in two (unfinished, then resumed) counts once."""
+    return [
+        line.split("(")[0].split()[-1] for line in lines if "(" in line and "resumed" not in line
+    ]

@@ -8,14 +8,12 @@ the data sync.
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from pyqmail.local import maildircommit
+from tests.harness import call_names, needs_strace, strace_python
 
 PARTS = (b"Return-Path: <a@example.org>\n", b"Delivered-To: joe@example.net\n", b"hi\n")
 
@@ -100,6 +98,7 @@ def test_a_missing_tmp_dir_is_an_error_naming_the_step(tmp_path: Path, tmp_mode:
 GROUP = """
 import os, sys
 from pyqmail.local import maildircommit
+from tests.harness import call_names, needs_strace, strace_python
 from pyqmail.unix import durable
 durable.set_mode(sys.argv[1])
 maildircommit.USE_TMPFILE = sys.argv[2] == "1"
@@ -118,28 +117,16 @@ print("done")
 
 def traced(tmp_path: Path, mode: str, tmpfile: bool, what: str = "write") -> list[str]:
     box = maildir(tmp_path / "m")
-    out = subprocess.run(
-        [
-            *("strace", "-f", "-qq", "-e", "trace=syncfs,fsync,fdatasync,link,linkat,write"),
-            *(sys.executable, "-c", GROUP, mode, "1" if tmpfile else "0", str(box), what),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
+    out = strace_python(
+        GROUP,
+        *(mode, "1" if tmpfile else "0", str(box), what),
+        trace="syncfs,fsync,fdatasync,link,linkat,write",
     )
     assert out.stdout.strip() == "done"
     assert len(os.listdir(box / "new")) == (1 if what == "present" else 6)
     lines = out.stderr.splitlines()
     start = next(i for i, line in enumerate(lines) if "commit" in line)
-    return [
-        line.split("(")[0].split()[-1]
-        for line in lines[start + 1 :]
-        if "(" in line and "resumed" not in line and not line.split("(")[0].endswith("write")
-    ]
-
-
-needs_strace = pytest.mark.skipif(shutil.which("strace") is None, reason="strace not installed")
+    return [name for name in call_names(lines[start + 1 :]) if not name.endswith("write")]
 
 
 @needs_strace

@@ -6,15 +6,12 @@ a bad value by file and line.
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from pyqmail.unix import durable
-from tests.harness import init_home, pyqmail
+from tests.harness import call_names, init_home, needs_strace, pyqmail, strace_python
 
 BATCH = """
 import os, sys
@@ -37,25 +34,9 @@ print("done")
 def traced_calls(mode: str, tmp_path: Path, fds: str) -> list[str]:
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    out = subprocess.run(
-        [
-            *("strace", "-f", "-qq", "-e", "trace=syncfs,fsync,fdatasync"),
-            *(sys.executable, "-c", BATCH, mode, str(tmp_path), fds),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
+    out = strace_python(BATCH, mode, str(tmp_path), fds, trace="syncfs,fsync,fdatasync")
     assert out.stdout.strip() == "done"
-    return [
-        line.split("(")[0].split()[-1]
-        for line in out.stderr.splitlines()
-        if "(" in line and "resumed" not in line
-    ]
-
-
-needs_strace = pytest.mark.skipif(shutil.which("strace") is None, reason="strace not installed")
+    return call_names(out.stderr.splitlines())
 
 
 FDS = pytest.mark.parametrize("fds", ["in-dirs", "anywhere"])

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -33,7 +32,7 @@ from pyqmail.ipc.queue_proto import MAGIC, SubmissionServer, WriterPool
 from pyqmail.queue import writer as writer_mod
 from pyqmail.queue.writer import QueueWriter
 from pyqmail.unix import durable
-from tests.harness import init_home, wait_until
+from tests.harness import init_home, needs_strace, wait_until
 
 ENV = b"Fa@example.org\0Tb@example.net\0\0"
 TOO_LONG_ENV = b"F" + b"x" * 1000 + b"\0Tb@example.net\0\0"
@@ -239,9 +238,6 @@ def parse_trace(text: str) -> list[tuple[int, int, str, str]]:
         else:
             calls.append((i, i, name, rest))
     return sorted(calls)
-
-
-needs_strace = pytest.mark.skipif(shutil.which("strace") is None, reason="strace not installed")
 
 
 @needs_strace
