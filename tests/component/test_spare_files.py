@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -121,3 +122,15 @@ def test_a_spare_never_replaces_an_existing_name(home: Home) -> None:
     assert Path(dest).read_bytes() == b"a queued message"
     assert spares(home) == ["m7"]
     assert taker.take(spare.ENVELOPE, home.q("intd", "7007")) == -1  # no envelope spares
+
+
+@pytest.mark.skipif(
+    not os.path.isdir("/dev/shm") or os.stat("/dev/shm").st_dev == os.stat("/tmp").st_dev,
+    reason="no second filesystem at /dev/shm",
+)
+def test_a_spare_that_cannot_be_moved_there_gives_way_to_a_new_file(home: Home) -> None:
+    _plant(home, "m8", 100)
+    with tempfile.TemporaryDirectory(dir="/dev/shm") as elsewhere:
+        # another filesystem: rename(2) says EXDEV, and the writer makes a new file
+        assert spare.Spares(home).take(spare.BODY, os.path.join(elsewhere, "8008")) == -1
+    assert spares(home) == ["m8"]

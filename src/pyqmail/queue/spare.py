@@ -138,6 +138,10 @@ class Spares:
                 durable.rename_noreplace(src, dest)
             except FileNotFoundError:
                 continue  # removed by hand; the next one
+            except FileExistsError:
+                raise
+            except OSError:
+                return -1  # dest on another filesystem, say: a new file will do
             try:
                 fd = os.open(dest, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
             except OSError:
