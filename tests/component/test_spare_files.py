@@ -19,6 +19,7 @@ import pytest
 from pyqmail.config import Home
 from pyqmail.ipc.queue_proto import WriterPool
 from pyqmail.queue import spare
+from pyqmail.queue import writer as writer_mod
 from tests.component.test_clean import make_message, request, running_clean
 from tests.component.test_writer_connections import submit, writer_on
 from tests.harness import init_home
@@ -134,3 +135,25 @@ def test_a_spare_that_cannot_be_moved_there_gives_way_to_a_new_file(home: Home) 
         # another filesystem: rename(2) says EXDEV, and the writer makes a new file
         assert spare.Spares(home).take(spare.BODY, os.path.join(elsewhere, "8008")) == -1
     assert spares(home) == ["m8"]
+
+
+def test_a_big_message_streams_into_a_longer_spare_and_is_cut_to_length(
+    home: Home, tmp_path: Path
+) -> None:
+    inode = _plant(home, "m9", 1_000_000)
+    big = b"".join(b"line %07d of a long message\n" % n for n in range(12_000))
+    assert len(big) > writer_mod.IN_MEMORY
+
+    async def run() -> tuple[str, int]:
+        path = str(tmp_path / "w.sock")
+        async with writer_on(home, path):
+            pool = WriterPool(path, b"local")
+            got = await submit(pool, big, ENV)
+            pool.close()
+            return got
+
+    status, msg_id = asyncio.run(run())
+    assert status == "K"
+    mess = Path(home.split_path("mess", msg_id))
+    assert os.stat(mess).st_ino == inode
+    assert mess.read_bytes().split(b"\n", 1)[1] == big
