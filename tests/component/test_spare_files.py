@@ -8,7 +8,6 @@ clean runs as a real process; the writer in-process on a real Unix socket.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import tempfile
@@ -17,11 +16,10 @@ from pathlib import Path
 import pytest
 
 from pyqmail.config import Home
-from pyqmail.ipc.queue_proto import WriterPool
 from pyqmail.queue import spare
 from pyqmail.queue import writer as writer_mod
 from tests.component.test_clean import make_message, request, running_clean
-from tests.component.test_writer_connections import submit, writer_on
+from tests.component.test_writer_connections import long_message, submit_each
 from tests.harness import init_home
 
 ENV = b"Fa@example.org\0Tb@example.net\0\0"
@@ -90,15 +88,7 @@ def test_the_writer_reuses_spares_cut_to_the_new_length(home: Home, tmp_path: Pa
     env_inodes = {_plant(home, f"e{n}", 2_000) for n in (1, 2, 3)}
     bodies = [b"Subject: %d\n\nnew body %d\n" % (n, n) for n in range(3)]
 
-    async def run() -> list[tuple[str, int]]:
-        path = str(tmp_path / "w.sock")
-        async with writer_on(home, path):
-            pool = WriterPool(path, b"local")
-            got = [await submit(pool, body, ENV) for body in bodies]
-            pool.close()
-            return got
-
-    results = asyncio.run(run())
+    results = submit_each(home, tmp_path, bodies, ENV)
     assert [status for status, _ in results] == ["K"] * 3
     for body, (_, msg_id) in zip(bodies, results, strict=True):
         mess = Path(home.split_path("mess", msg_id)).read_bytes()
@@ -141,18 +131,9 @@ def test_a_big_message_streams_into_a_longer_spare_and_is_cut_to_length(
     home: Home, tmp_path: Path
 ) -> None:
     inode = _plant(home, "m9", 1_000_000)
-    big = b"".join(b"line %07d of a long message\n" % n for n in range(12_000))
+    big = long_message(12_000)
     assert len(big) > writer_mod.IN_MEMORY
-
-    async def run() -> tuple[str, int]:
-        path = str(tmp_path / "w.sock")
-        async with writer_on(home, path):
-            pool = WriterPool(path, b"local")
-            got = await submit(pool, big, ENV)
-            pool.close()
-            return got
-
-    status, msg_id = asyncio.run(run())
+    [(status, msg_id)] = submit_each(home, tmp_path, [big], ENV)
     assert status == "K"
     mess = Path(home.split_path("mess", msg_id))
     assert os.stat(mess).st_ino == inode

@@ -81,6 +81,27 @@ async def submit(pool: WriterPool, body: bytes, env: bytes = ENV) -> tuple[str, 
     return res.status, res.msg_id
 
 
+def submit_each(
+    home: Home, tmp_path: Path, bodies: list[bytes], env: bytes = ENV
+) -> list[tuple[str, int]]:
+    """Each body, one after another, over one pooled connection to a writer
+    run for this alone: the (status, message id) of each."""
+
+    async def run() -> list[tuple[str, int]]:
+        path = str(tmp_path / "w.sock")
+        async with writer_on(home, path):
+            pool = WriterPool(path, b"local")
+            got = [await submit(pool, body, env) for body in bodies]
+            pool.close()
+            return got
+
+    return asyncio.run(run())
+
+
+def long_message(lines: int) -> bytes:
+    return b"".join(b"line %07d of a long message\n" % n for n in range(lines))
+
+
 def queued(home: Home, msg_id: int) -> bytes:
     assert os.path.exists(home.q("todo", str(msg_id)))
     with open(home.split_path("mess", msg_id), "rb") as fh:
@@ -188,7 +209,7 @@ def test_messages_sent_back_to_back_are_answered_in_order(home: Home, tmp_path: 
 def test_a_big_message_streams_to_disk_and_a_broken_one_leaves_nothing(
     home: Home, tmp_path: Path
 ) -> None:
-    big = b"".join(b"line %07d of a long message\n" % n for n in range(20_000))
+    big = long_message(20_000)
     assert len(big) > writer_mod.IN_MEMORY
 
     async def run() -> tuple[str, int]:
@@ -340,16 +361,10 @@ def test_a_failed_sync_answers_z_and_leaves_nothing(
 
     monkeypatch.setattr(durable, "fsync_fds_and_dirs", flaky)
 
-    async def run() -> list[tuple[str, int]]:
-        path = str(tmp_path / "w.sock")
-        async with writer_on(home, path):
-            pool = WriterPool(path, b"local")
-            got = [await submit(pool, b"Subject: %d\n\nx\n" % n) for n in range(2)]
-            pool.close()
-            return got
-
     before = queue_files(home)
-    (first, _), (second, msg_id) = asyncio.run(run())
+    (first, _), (second, msg_id) = submit_each(
+        home, tmp_path, [b"Subject: %d\n\nx\n" % n for n in range(2)]
+    )
     assert first == "Z"
     assert second == "K"
     assert sorted(set(queue_files(home)) - set(before)) == sorted(

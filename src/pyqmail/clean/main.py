@@ -109,19 +109,22 @@ class Cleaner:
         try:
             if kind == b"done":
                 # intd/N became todo/N long ago: no need to look for it
-                spare.retire(self.home, self.home.q("todo", str(msg_id)), spare.ENVELOPE, msg_id)
+                self._retire_todo(msg_id)
                 if not _exists(self.home.split_path("info", msg_id)):
                     self._retire_mess(msg_id)
                 return b"+"
             durable.unlink_quiet(self.home.q("intd", str(msg_id)))
             if kind == b"todo":
-                spare.retire(self.home, self.home.q("todo", str(msg_id)), spare.ENVELOPE, msg_id)
+                self._retire_todo(msg_id)
             else:
                 self._retire_mess(msg_id)
         except OSError as exc:
             log(f"warning: unable to clean {cmd.decode(errors='replace')}: {exc}")
             return b"!"
         return b"+"
+
+    def _retire_todo(self, msg_id: int) -> None:
+        spare.retire(self.home, self.home.q("todo", str(msg_id)), spare.ENVELOPE, msg_id)
 
     def _retire_mess(self, msg_id: int) -> None:
         spare.retire(self.home, self.home.split_path("mess", msg_id), spare.BODY, msg_id)
